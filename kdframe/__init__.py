@@ -1,0 +1,67 @@
+"""kdframe: knowledge distillation for PyTorch, built from plugins.
+
+The public API for plugin authors is re-exported here: the hook markers, the component specs and
+``Params`` base class, the loss, data and curriculum interfaces, and the errors.
+"""
+
+from kdframe.curriculum import Curriculum, StagePlan, distill_stage, scratch_stage, teacher_stages
+from kdframe.data import DataInfo, InMemoryDataset
+from kdframe.errors import (
+    CheckpointError,
+    ComponentError,
+    DataError,
+    KdframeError,
+    LayerError,
+    PluginError,
+    ScheduleError,
+    TrainingError,
+)
+from kdframe.hookspecs import hookimpl
+from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
+from kdframe.registry import (
+    CurriculumSpec,
+    DatasetSpec,
+    LoggerSpec,
+    LossSpec,
+    ModelSpec,
+    NoParams,
+    Params,
+)
+from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ComponentError",
+    "Control",
+    "Curriculum",
+    "CurriculumSpec",
+    "DataError",
+    "DataInfo",
+    "DatasetSpec",
+    "InMemoryDataset",
+    "KdframeError",
+    "LayerError",
+    "LoggerSpec",
+    "LossSpec",
+    "LossTerm",
+    "ModelOutputs",
+    "ModelSpec",
+    "NoParams",
+    "Params",
+    "PluginError",
+    "RunInfo",
+    "ScheduleError",
+    "StageInfo",
+    "StagePlan",
+    "StageResult",
+    "StepOutputs",
+    "TrainState",
+    "TrainingError",
+    "distill_stage",
+    "hookimpl",
+    "scratch_stage",
+    "teacher_stages",
+    "__version__",
+]

@@ -1,0 +1,56 @@
+"""Errors that kdframe reports to users.
+
+Every error a user can cause (a bad schedule, an unknown component, missing data, a checkpoint that
+does not fit) is a :class:`KdframeError`. The CLI prints its message as one paragraph and exits with
+status 2, without a traceback unless ``--debug`` is given. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class KdframeError(Exception):
+    """Base class of every error caused by input: its message says what is wrong and how to fix it."""
+
+
+class ScheduleError(KdframeError):
+    """The schedule is malformed JSON or does not validate."""
+
+
+class ComponentError(KdframeError):
+    """A component (loss, model, curriculum, dataset, logger) is unknown, duplicated or misconfigured."""
+
+
+class PluginError(KdframeError):
+    """A plugin failed to load or implements a hook that does not exist."""
+
+
+class DataError(KdframeError):
+    """A dataset's files are missing or unreadable."""
+
+
+class CheckpointError(KdframeError):
+    """A checkpoint is missing, unreadable or does not fit its model."""
+
+
+class LayerError(KdframeError):
+    """A layer path named by a loss does not exist in the model or has an unusable output."""
+
+
+class RunFolderError(KdframeError):
+    """The run folder cannot be used (it already holds a run, or it is not writable)."""
+
+
+class TrainingError(KdframeError):
+    """Training cannot continue (a non-finite loss, a collapse with ``on_collapse: stop``)."""
+
+
+def suggest(name: str, choices: Iterable[str], limit: int = 3) -> str:
+    """Return a sentence suggesting the closest of ``choices`` to ``name``, or an empty string."""
+    matches = difflib.get_close_matches(name, list(choices), n=limit, cutoff=0.5)
+    if not matches:
+        return ""
+    quoted = ", ".join(f"'{match}'" for match in matches)
+    return f" Did you mean {quoted}?"

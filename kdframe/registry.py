@@ -1,0 +1,224 @@
+"""Component specs and the index built from the ``kdframe_register_*`` hooks.
+
+A component is anything a schedule names: a loss strategy, a model architecture, a curriculum, a
+dataset or a logger. Plugins describe each one with a spec (name, summary, a Pydantic ``Params`` model
+and a factory) returned from a registration hook. The registry is built from those hooks each time a
+plugin manager is created; there is no second, global dictionary.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from kdframe.errors import ComponentError, PluginError, suggest
+
+if TYPE_CHECKING:
+    import pluggy
+
+
+class Params(BaseModel):
+    """Base class of component parameters: unknown fields are errors and values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    """Parameters of a component that takes none."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What every component declares.
+
+    Attributes:
+        name: The name a schedule uses (lower case, letters, digits and ``_``).
+        summary: One line shown by ``kdframe plugins``.
+        factory: Builds the component from validated params (and, for some kinds, context).
+        params: The Pydantic model of the component's params; it must forbid unknown fields.
+        family: A grouping shown in listings (for losses: ``label``, ``response``, ``feature`` or
+            ``relation``).
+    """
+
+    kind: ClassVar[str] = "component"
+
+    name: str
+    summary: str
+    factory: Callable[..., Any]
+    params: type[BaseModel] = NoParams
+    family: str = ""
+
+
+@dataclass(frozen=True)
+class LossSpec(ComponentSpec):
+    """A loss strategy. ``factory(params)`` returns a :class:`kdframe.losses.LossTerm`."""
+
+    kind: ClassVar[str] = "loss"
+    family: str = "response"
+
+
+@dataclass(frozen=True)
+class ModelSpec(ComponentSpec):
+    """A model architecture. ``factory(params, data_info)`` returns a ``torch.nn.Module`` classifier."""
+
+    kind: ClassVar[str] = "model"
+
+
+@dataclass(frozen=True)
+class CurriculumSpec(ComponentSpec):
+    """A curriculum. ``factory(params)`` returns a :class:`kdframe.curriculum.Curriculum`."""
+
+    kind: ClassVar[str] = "curriculum"
+
+
+@dataclass(frozen=True)
+class DatasetSpec(ComponentSpec):
+    """A dataset. ``factory(params)`` returns a :class:`kdframe.data.InMemoryDataset`."""
+
+    kind: ClassVar[str] = "dataset"
+
+
+@dataclass(frozen=True)
+class LoggerSpec(ComponentSpec):
+    """A logger. ``factory(params, run_dir)`` returns an object implementing trainer-event hooks."""
+
+    kind: ClassVar[str] = "logger"
+
+
+KINDS: dict[str, type[ComponentSpec]] = {
+    spec.kind: spec for spec in (LossSpec, ModelSpec, CurriculumSpec, DatasetSpec, LoggerSpec)
+}
+REGISTRATION_HOOKS: dict[str, str] = {
+    "loss": "kdframe_register_losses",
+    "model": "kdframe_register_models",
+    "curriculum": "kdframe_register_curricula",
+    "dataset": "kdframe_register_datasets",
+    "logger": "kdframe_register_loggers",
+}
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Where a component came from."""
+
+    plugin: str
+    distribution: str
+    version: str
+    module: str
+
+    def describe(self) -> str:
+        """A short human-readable form: ``plugin (distribution version)``."""
+        if self.distribution:
+            return f"plugin '{self.plugin}' (distribution {self.distribution} {self.version})"
+        return f"plugin '{self.plugin}' (module {self.module})"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered spec with its provider."""
+
+    spec: ComponentSpec
+    provider: Provider
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+
+@dataclass
+class Registry:
+    """Every registered component, by kind and name."""
+
+    components: dict[str, dict[str, Component]] = field(
+        default_factory=lambda: {kind: {} for kind in KINDS}
+    )
+
+    def add(self, spec: ComponentSpec, provider: Provider) -> None:
+        """Add one spec; a second component of the same kind and name is an error naming both."""
+        if not isinstance(spec, ComponentSpec) or spec.kind not in KINDS:
+            raise PluginError(
+                f"{provider.describe()} registered {spec!r}, which is not a kdframe component spec. "
+                "Return LossSpec, ModelSpec, CurriculumSpec, DatasetSpec or LoggerSpec objects."
+            )
+        extra = spec.params.model_config.get("extra")
+        if extra != "forbid":
+            raise PluginError(
+                f"{provider.describe()} registered {spec.kind} '{spec.name}' whose params model "
+                f"{spec.params.__name__} allows unknown fields. Subclass kdframe.Params (or set "
+                "model_config = ConfigDict(extra='forbid')) so that misspelt params are errors."
+            )
+        existing = self.components[spec.kind].get(spec.name)
+        if existing is not None:
+            raise ComponentError(
+                f"Two plugins register a {spec.kind} named '{spec.name}': "
+                f"{existing.provider.describe()} and {provider.describe()}. Uninstall or block one "
+                "of them (KDFRAME_BLOCK_PLUGINS), or ask an author to rename the component."
+            )
+        self.components[spec.kind][spec.name] = Component(spec, provider)
+
+    def get(self, kind: str, name: str) -> Component:
+        """Return the component, or raise an error listing what is available and close matches."""
+        available = self.components[kind]
+        if name in available:
+            return available[name]
+        names = sorted(available)
+        listing = ", ".join(names) if names else "none"
+        raise ComponentError(
+            f"Unknown {kind} '{name}'.{suggest(name, names)} Available {kind}s: {listing}. "
+            "Run 'kdframe plugins' to see every component and the plugin that provides it."
+        )
+
+    def spec(self, kind: str, name: str) -> ComponentSpec:
+        """Shorthand for ``get(kind, name).spec``."""
+        return self.get(kind, name).spec
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted names of the components of one kind."""
+        return sorted(self.components[kind])
+
+    def iter(self, kind: str | None = None, pattern: str = "*") -> Iterator[Component]:
+        """Components ordered by kind then name, optionally of one kind and matching a wildcard."""
+        kinds = [kind] if kind else list(KINDS)
+        for each in kinds:
+            for name in sorted(self.components[each]):
+                if fnmatch.fnmatchcase(name, pattern):
+                    yield self.components[each][name]
+
+
+def build_registry(pm: pluggy.PluginManager, providers: dict[str, Provider]) -> Registry:
+    """Call every registration hook implementation and index what it returns.
+
+    Args:
+        pm: A plugin manager with the kdframe hookspecs and the plugins loaded.
+        providers: Provenance by plugin name, as recorded by :func:`kdframe.plugins.create_plugin_manager`.
+    """
+    registry = Registry()
+    for kind, hook_name in REGISTRATION_HOOKS.items():
+        hook = getattr(pm.hook, hook_name)
+        # Reversed so that the order is registration order (pluggy calls last-registered first).
+        for impl in reversed(hook.get_hookimpls()):
+            provider = providers.get(impl.plugin_name) or Provider(
+                impl.plugin_name, "", "", getattr(impl.plugin, "__name__", type(impl.plugin).__name__)
+            )
+            try:
+                specs = impl.function()
+            except Exception as error:  # a broken plugin must be named, not swallowed
+                raise PluginError(
+                    f"{provider.describe()} failed in {hook_name}: {type(error).__name__}: {error}"
+                ) from error
+            for spec in specs or []:
+                if getattr(spec, "kind", None) != kind:
+                    raise PluginError(
+                        f"{provider.describe()} returned {spec!r} from {hook_name}; that hook takes "
+                        f"{KINDS[kind].__name__} objects only."
+                    )
+                registry.add(spec, provider)
+    return registry

@@ -1,0 +1,430 @@
+"""Pydantic models of a JSON schedule, loading with clear errors, ``--set`` overrides.
+
+A schedule is validated in two passes, both before any training starts:
+
+1. :func:`parse_schedule` checks the structure (unknown keys are errors, numbers in range).
+2. :func:`validate_schedule` checks every component reference against the registry: the name exists
+   and its ``params`` validate against the component's own Pydantic model; then the curriculum's stage
+   plan is checked (see :mod:`kdframe.curriculum`).
+
+Errors carry the path of the offending value, e.g. ``distill.losses[1].params.temperature``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdframe.errors import ComponentError, ScheduleError
+
+if TYPE_CHECKING:
+    from kdframe.registry import Registry
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class StrictModel(BaseModel):
+    """Schedule sections: unknown keys are errors; numbers must be finite."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
+
+
+class ComponentRef(StrictModel):
+    """A reference to a registered component: its name and its params (validated by the component)."""
+
+    name: str = Field(description="Registered component name (see 'kdframe plugins').")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="The component's params; 'kdframe plugins --params' lists them."
+    )
+
+
+class LossConfig(ComponentRef):
+    """One weighted term of a stage's loss: ``total = sum(weight * term)``."""
+
+    weight: float = Field(1.0, ge=0.0, description="Multiplier of this term in the total loss.")
+
+
+class DataConfig(StrictModel):
+    """Which dataset to train and evaluate on, and how to batch it."""
+
+    dataset: str = Field(description="Registered dataset name, e.g. 'fashion_mnist'.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The dataset's params.")
+    batch_size: int = Field(128, ge=1, le=1_000_000, description="Training batch size.")
+    eval_batch_size: int = Field(1024, ge=1, le=1_000_000, description="Evaluation batch size.")
+    train_samples: int | None = Field(
+        None, ge=1, description="Use only this many training samples (a seeded random subset)."
+    )
+    test_samples: int | None = Field(
+        None, ge=1, description="Evaluate on only this many test samples (a seeded random subset)."
+    )
+
+
+class ModelConfig(StrictModel):
+    """A named model: its architecture and, optionally, a checkpoint to start from."""
+
+    arch: str = Field(description="Registered model architecture, e.g. 'plain_cnn'.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The architecture's params.")
+    checkpoint: str | None = Field(
+        None,
+        description="Path of a saved state (a kdframe student.pt or a plain state_dict). A model "
+        "with a checkpoint is used as it is; one without is trained in its own stage.",
+    )
+
+
+class SGDConfig(StrictModel):
+    """Stochastic gradient descent with momentum."""
+
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(0.05, gt=0.0, le=100.0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum factor.")
+    weight_decay: float = Field(5e-4, ge=0.0, description="L2 penalty.")
+    nesterov: bool = Field(True, description="Nesterov momentum (needs momentum > 0).")
+
+
+class AdamConfig(StrictModel):
+    """Adam or AdamW."""
+
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=100.0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay (decoupled for adamw).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Coefficients of the running averages.")
+
+
+OptimizerConfig = Annotated[SGDConfig | AdamConfig, Field(discriminator="name")]
+
+
+class LRScheduleConfig(StrictModel):
+    """Learning-rate schedule, applied per step: linear warm-up, then the named decay."""
+
+    name: Literal["cosine", "step", "constant"] = Field("cosine", description="Decay after warm-up.")
+    warmup_epochs: float = Field(
+        1.0,
+        ge=0.0,
+        description="Epochs of linear warm-up from warmup_start_factor * lr to lr. One epoch keeps "
+        "KD with a high temperature from collapsing at lr 0.05.",
+    )
+    warmup_start_factor: float = Field(0.1, gt=0.0, le=1.0, description="LR factor at step 0.")
+    milestones: list[int] = Field(
+        default_factory=list, description="Epochs at which 'step' multiplies the LR by gamma."
+    )
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="Factor of each 'step' decay.")
+    min_lr_factor: float = Field(0.0, ge=0.0, le=1.0, description="Final LR factor of 'cosine'.")
+
+
+class TrainingConfig(StrictModel):
+    """How one stage trains."""
+
+    epochs: int = Field(10, ge=1, le=100_000, description="Epochs per stage.")
+    optimizer: OptimizerConfig = Field(default_factory=SGDConfig, description="Optimizer.")
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig, description="LR schedule.")
+    channels_last: bool = Field(
+        True, description="Use the channels_last memory layout for 4-D inputs (faster convnets on CPU)."
+    )
+    grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this.")
+    on_collapse: Literal["warn", "stop"] = Field(
+        "warn",
+        description="What to do when test accuracy stays at chance level after the warm-up: "
+        "'warn' marks the stage as collapsed in results; 'stop' ends the run with an error.",
+    )
+
+
+class Training(TrainingConfig):
+    """Training settings of every stage, with per-stage overrides."""
+
+    stages: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Overrides by stage name (the model the stage trains), e.g. "
+        "{\"teacher\": {\"epochs\": 3}}; merged over the settings above.",
+    )
+
+    def for_stage(self, stage: str) -> TrainingConfig:
+        """The settings of one stage: the common ones with that stage's overrides merged in."""
+        base = self.model_dump(exclude={"stages"})
+        merged = _deep_merge(base, self.stages.get(stage, {}))
+        return TrainingConfig.model_validate(merged)
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> Training:
+        problems: list[str] = []
+        for stage in self.stages:
+            try:
+                self.for_stage(stage)
+            except ValidationError as error:
+                problems += format_validation_error(error, prefix=f"stages.{stage}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _default_losses() -> list[LossConfig]:
+    return [
+        LossConfig(name="cross_entropy", weight=0.1),
+        LossConfig(name="hinton_kd", weight=0.9, params={"temperature": 4.0}),
+    ]
+
+
+class DistillConfig(StrictModel):
+    """The loss terms of stages that learn from teachers, and of stages that learn from labels."""
+
+    losses: list[LossConfig] = Field(
+        default_factory=_default_losses,
+        min_length=1,
+        description="Terms of every stage that has teachers. Default: Hinton KD with alpha = 0.9, "
+        "i.e. 0.1 * cross_entropy + 0.9 * hinton_kd(T=4).",
+    )
+    scratch_losses: list[LossConfig] = Field(
+        default_factory=lambda: [LossConfig(name="cross_entropy", weight=1.0)],
+        min_length=1,
+        description="Terms of stages without a teacher (teachers trained from scratch, NOKD).",
+    )
+
+
+class CurriculumConfig(ComponentRef):
+    """Which curriculum turns the schedule into stages."""
+
+
+def _default_loggers() -> list[ComponentRef]:
+    return [ComponentRef(name="tensorboard"), ComponentRef(name="progress")]
+
+
+class LoggingConfig(StrictModel):
+    """Loggers attached to the run's events."""
+
+    loggers: list[ComponentRef] = Field(
+        default_factory=_default_loggers, description="Loggers by name; default tensorboard and progress."
+    )
+
+
+class Schedule(StrictModel):
+    """A complete experiment: data, models, training, distillation losses, curriculum, logging."""
+
+    schema_url: str | None = Field(None, alias="$schema", description="JSON Schema for editors.")
+    name: str = Field(pattern=NAME_PATTERN, max_length=100, description="Run name (used in folder names).")
+    description: str = Field("", description="Free text.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of every random number generator.")
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    data: DataConfig
+    models: dict[str, ModelConfig] = Field(min_length=1, description="Models by name.")
+    training: Training = Field(default_factory=Training, description="Training settings.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Loss terms.")
+    curriculum: CurriculumConfig
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Loggers.")
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_model_names(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        for key in value:
+            if not re.fullmatch(NAME_PATTERN, key):
+                raise ValueError(f"model name '{key}' must use letters, digits, '_', '-' or '.'")
+        return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and error formatting
+# ---------------------------------------------------------------------------------------------------
+
+
+def format_location(location: tuple[Any, ...]) -> str:
+    """Turn a Pydantic error location into ``a.b[1].c``."""
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem: ``path: message (got value)``."""
+    lines = []
+    for item in error.errors(include_url=False):
+        location = tuple(part for part in item["loc"] if part not in ("function-after",))
+        # Discriminated unions add the tag to the location (optimizer.sgd.lr): drop it.
+        location = tuple(part for part in location if part not in ("sgd", "adam", "adamw"))
+        path = format_location(location)
+        if prefix:
+            path = f"{prefix}.{path}" if not path.startswith("[") else prefix + path
+        message = item["msg"]
+        if item["type"] not in ("missing", "extra_forbidden") and "input" in item:
+            shown = json.dumps(item["input"], default=str)
+            if len(shown) <= 60:
+                message += f" (got {shown})"
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; 'kdframe schema' lists every key)"
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """Read a schedule file; malformed JSON is reported with its line and column."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ScheduleError(f"Schedule file '{file}' does not exist. Check the path.") from None
+    except OSError as error:
+        raise ScheduleError(f"Cannot read schedule file '{file}': {error.strerror}.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ScheduleError(
+            f"Schedule file '{file}' is not UTF-8 text (bad byte at offset {error.start}). "
+            "Save it as UTF-8 JSON."
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ScheduleError(
+            f"Schedule file '{file}' is not valid JSON: {error.msg} at line {error.lineno}, "
+            f"column {error.colno}. Fix the JSON syntax there (a missing comma or quote, or a "
+            "trailing comma, is the usual cause)."
+        ) from None
+    except RecursionError:
+        raise ScheduleError(f"Schedule file '{file}' is nested too deeply to be a schedule.") from None
+    if not isinstance(data, dict):
+        raise ScheduleError(
+            f"Schedule file '{file}' must hold a JSON object ({{...}}), not {type(data).__name__}."
+        )
+    return data
+
+
+def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=JSON_VALUE`` assignments (``--set``) to a copy of the raw schedule.
+
+    The value is parsed as JSON; if that fails it is taken as a string, so ``--set
+    curriculum.name=direct`` works without quotes. List items are addressed by index
+    (``distill.losses.1.weight=0.5``). Missing objects along the path are created.
+    """
+    result = copy.deepcopy(data)
+    for assignment in assignments:
+        key, sep, raw_value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ScheduleError(
+                f"--set '{assignment}' is not of the form dotted.key=VALUE, e.g. training.epochs=3."
+            )
+        try:
+            value = json.loads(raw_value)
+        except json.JSONDecodeError:
+            value = raw_value
+        parts = key.strip().split(".")
+        node: Any = result
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ScheduleError(
+                        f"--set {key}: '{where}' addresses a list of {len(node)} items; use an "
+                        f"index from 0 to {len(node) - 1}."
+                    )
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ScheduleError(
+                    f"--set {key}: '{'.'.join(parts[:depth])}' is a {type(node).__name__}, not an object."
+                )
+    return result
+
+
+def parse_schedule(data: dict[str, Any], source: str = "schedule") -> Schedule:
+    """Validate a schedule's structure; errors list every problem with its path."""
+    try:
+        return Schedule.model_validate(data)
+    except ValidationError as error:
+        raise ScheduleError(_problems(source, format_validation_error(error))) from None
+
+
+def _problems(source: str, lines: list[str]) -> str:
+    listing = "\n".join(f"  - {line}" for line in lines)
+    plural = "s" if len(lines) > 1 else ""
+    return f"{source} is invalid ({len(lines)} problem{plural}):\n{listing}"
+
+
+def component_params(registry: Registry, kind: str, name: str, params: dict[str, Any], path: str) -> Any:
+    """Validate ``params`` with the named component's own model; errors carry ``path``."""
+    spec = registry.spec(kind, name)
+    try:
+        return spec.params.model_validate(params)
+    except ValidationError as error:
+        raise ScheduleError(
+            "\n".join(f"{line}" for line in format_validation_error(error, prefix=f"{path}.params"))
+        ) from None
+
+
+def component_refs(schedule: Schedule) -> list[tuple[str, str, ComponentRef | ModelConfig | DataConfig]]:
+    """Every component reference in a schedule as ``(kind, path, ref)``."""
+    refs: list[tuple[str, str, Any]] = [("dataset", "data", schedule.data)]
+    refs += [("model", f"models.{key}", model) for key, model in schedule.models.items()]
+    refs += [("loss", f"distill.losses[{i}]", loss) for i, loss in enumerate(schedule.distill.losses)]
+    refs += [
+        ("loss", f"distill.scratch_losses[{i}]", loss)
+        for i, loss in enumerate(schedule.distill.scratch_losses)
+    ]
+    refs.append(("curriculum", "curriculum", schedule.curriculum))
+    refs += [("logger", f"logging.loggers[{i}]", ref) for i, ref in enumerate(schedule.logging.loggers)]
+    return refs
+
+
+def _ref_name(kind: str, ref: Any) -> str:
+    return ref.arch if kind == "model" else ref.dataset if kind == "dataset" else ref.name
+
+
+def validate_components(schedule: Schedule, registry: Registry, source: str = "schedule") -> None:
+    """Check every component name and params; collect all problems into one error."""
+    problems: list[str] = []
+    for kind, path, ref in component_refs(schedule):
+        name = _ref_name(kind, ref)
+        name_path = f"{path}.arch" if kind == "model" else f"{path}.dataset" if kind == "dataset" else f"{path}.name"
+        try:
+            component_params(registry, kind, name, ref.params, path)
+        except ComponentError as error:
+            problems.append(f"{name_path}: {error}")
+        except ScheduleError as error:
+            problems.extend(str(error).splitlines())
+    if problems:
+        raise ScheduleError(_problems(source, problems))
+
+
+def resolved(schedule: Schedule, registry: Registry) -> dict[str, Any]:
+    """The schedule as JSON data with every default filled in, component params included."""
+    data = schedule.model_dump(mode="json", by_alias=True, exclude_none=False)
+    data.pop("$schema", None)
+    for kind, path, ref in component_refs(schedule):
+        params = component_params(registry, kind, _ref_name(kind, ref), ref.params, path)
+        node: Any = data
+        for part in re.findall(r"[^.\[\]]+", path):
+            node = node[int(part)] if part.isdigit() else node[part]
+        node["params"] = params.model_dump(mode="json")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,128 @@
+"""The small, serialisable objects that trainer-event hooks receive.
+
+Hooks never get the trainer, the models or the optimizer: they get a :class:`RunInfo`, a
+:class:`StageInfo`, a :class:`TrainState` (plain numbers) and a :class:`Control` they may set flags on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One stage of a run: which model is trained, by whom, and how.
+
+    Attributes:
+        index: Position of the stage in the run (0-based).
+        name: Stage name, unique in the run (the name of the model it trains).
+        student: Schedule key of the model trained in this stage.
+        arch: Architecture name of that model.
+        teachers: Schedule keys of the teachers (empty when the model learns from labels alone).
+        epochs: Number of epochs the stage trains for.
+        losses: The stage's loss terms as ``{"name", "weight", "params"}`` dicts.
+        hparams: Flat hyper-parameters of the stage, for loggers (str, int, float or bool values).
+        folder: The stage's folder inside the run folder (checkpoints live there).
+    """
+
+    index: int
+    name: str
+    student: str
+    arch: str
+    teachers: tuple[str, ...]
+    epochs: int
+    losses: tuple[dict[str, Any], ...]
+    hparams: dict[str, Any]
+    folder: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The run as a whole.
+
+    Attributes:
+        name: The schedule's name.
+        folder: The run folder.
+        schedule: The resolved schedule (defaults filled in) as JSON-compatible data.
+        stages: Every stage, in order.
+        device: The device training runs on (``cpu``, ``cuda``, ``cuda:1``...).
+    """
+
+    name: str
+    folder: str
+    schedule: dict[str, Any]
+    stages: tuple[StageInfo, ...]
+    device: str
+
+
+@dataclass
+class TrainState:
+    """Progress of the current stage. Counters are 0-based; ``metrics`` holds the latest values.
+
+    Attributes:
+        epoch: The current epoch (0-based).
+        step: Optimizer steps taken in this stage so far.
+        batch: Index of the current batch within the epoch.
+        batches_per_epoch: Number of batches in one training epoch.
+        samples: Number of samples in the current batch (batch events).
+        metrics: At ``batch_end``: ``loss`` and ``loss/<term>`` of the batch and ``lr``. At
+            ``eval_end``: ``test/acc``, ``test/loss``. At ``epoch_end``: the epoch's means
+            ``train/loss``, ``train/loss/<term>``, ``train/acc``, the test metrics, ``lr``,
+            ``time/epoch_s`` and ``time/samples_per_s``.
+        best_test_acc: Best test accuracy seen so far in this stage.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    batch: int = 0
+    batches_per_epoch: int = 0
+    samples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_test_acc: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Control:
+    """Flags a hook may set to steer training; the trainer reads them after every event.
+
+    Attributes:
+        stop_stage: End the current stage after the current batch (the stage still counts as done).
+        stop_run: End the run after the current stage.
+        save_checkpoint: Save a snapshot of the student at the end of the current epoch
+            (``epoch-<N>.pt`` in the stage folder); reset after each save.
+    """
+
+    stop_stage: bool = False
+    stop_run: bool = False
+    save_checkpoint: bool = False
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a finished stage reports (one row of ``results.json``)."""
+
+    stage: str
+    model: str
+    arch: str
+    teachers: tuple[str, ...]
+    epochs: int
+    epochs_run: int
+    final_test_acc: float
+    best_test_acc: float
+    best_epoch: int
+    params: int
+    wall_time_s: float
+    checkpoint: str
+    collapsed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["teachers"] = list(self.teachers)
+        return data
