@@ -78,8 +78,9 @@ class LossTerm(nn.Module, metaclass=abc.ABCMeta):
     def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         """Create adapters from the shapes of the tapped layers (batch dimension included).
 
-        Called once per stage after a dry run, before the optimizer is created. The default does
-        nothing. Raise :class:`kdframe.errors.LayerError` for shapes the term cannot use.
+        Called once per stage, after a dry run on the CPU (with empty dicts when the term taps no
+        layer), before the optimizer is created; the core then moves the term to the training device,
+        so adapters may be created on the CPU in the default dtype. The default does nothing. Raise :class:`kdframe.errors.LayerError` for shapes the term cannot use.
         """
 
     @abc.abstractmethod

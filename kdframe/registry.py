@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 
 
 class Params(BaseModel):
-    """Base class of component parameters: unknown fields are errors and values are immutable."""
+    """Base class of component parameters: unknown fields are errors, numbers must be finite, and
+    values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoParams(Params):

@@ -1,0 +1,5 @@
+"""``python -m kdframe``: the same as the ``kdframe`` command."""
+
+from kdframe.cli import main
+
+raise SystemExit(main())

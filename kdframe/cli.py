@@ -1,0 +1,209 @@
+"""The ``kdframe`` command line: run, validate, plugins, schema.
+
+Errors caused by input (a bad schedule, missing data, an unknown component...) print one clear
+paragraph and exit with status 2; ``--debug`` adds the traceback. Any other exception is a bug: it
+exits with status 1 and asks for a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from kdframe import __version__
+from kdframe.errors import KdframeError
+
+EXIT_INPUT_ERROR = 2
+EXIT_BUG = 1
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = """\
+kdframe: knowledge distillation for PyTorch. An experiment is a JSON schedule (data, models,
+training, distillation losses, curriculum); losses, models, curricula, datasets and loggers are
+plugins found through the 'kdframe' entry-point group.
+
+Start with:  kdframe run examples/quickstart.json
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdframe", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"kdframe {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    set_help = (
+        "override a schedule value before validation, e.g. --set training.epochs=2 or "
+        "--set distill.losses.1.params.temperature=8 (VALUE is JSON; bare words are strings); repeatable"
+    )
+    run = commands.add_parser(
+        "run",
+        help="validate a schedule in full, then train every stage",
+        description="Validate SCHEDULE (structure, every component's params, the curriculum's stages, "
+        "data, models, checkpoints and layers), then train stage by stage. The run folder gets the "
+        "resolved schedule.json, stages/NN-<name>/student.pt, tensorboard/ logs and results.json; the "
+        "results table is printed at the end.",
+    )
+    run.add_argument("schedule", metavar="SCHEDULE.json", help="the schedule file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    run.add_argument("--out", metavar="DIR", help="run folder (default: runs/<name>-<timestamp>); must not hold an earlier run")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; only the final table")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a schedule without training",
+        description="Check a schedule as 'kdframe run' would (structure, component params, stage plan, "
+        "data, models, checkpoints, layers), print the stages it would run, and train nothing.",
+    )
+    validate.add_argument("schedule", metavar="SCHEDULE.json", help="the schedule file")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    validate.add_argument("--print", dest="print_resolved", action="store_true", help="print the resolved schedule (all defaults filled in)")
+
+    plugins = commands.add_parser(
+        "plugins",
+        help="list installed components (losses, models, curricula, datasets, loggers)",
+        description="List every registered component with its kind, family, summary and the plugin "
+        "and distribution that provide it.",
+    )
+    plugins.add_argument("pattern", nargs="?", default="*", help="wildcard filter on names, e.g. 'rkd*'")
+    plugins.add_argument("--kind", choices=["loss", "model", "curriculum", "dataset", "logger"], help="only this kind")
+    plugins.add_argument("--params", action="store_true", help="also list each component's params (type, default, description)")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    schema = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of a schedule",
+        description="Print the JSON Schema of a schedule, with the params of every installed component; "
+        "point an editor at it (\"$schema\" in a schedule) for completion and checking.",
+    )
+    schema.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of standard output")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kdframe.results import format_table
+    from kdframe.runner import run_schedule
+
+    folder, results = run_schedule(args.schedule, overrides=args.overrides, out=args.out, quiet=args.quiet)
+    print()
+    print(format_table([result.to_dict() for result in results]))
+    print(f"\nRun folder: {folder}")
+    print(f"TensorBoard: tensorboard --logdir {folder / 'tensorboard'}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from kdframe.runner import load_schedule, prepare
+
+    schedule, plugins, resolved_schedule = load_schedule(args.schedule, args.overrides)
+    experiment = prepare(schedule, plugins, resolved_schedule)
+    if args.print_resolved:
+        print(json.dumps(resolved_schedule, indent=2))
+        return 0
+    print(f"Schedule '{args.schedule}' is valid: {len(experiment.setups)} stage(s).")
+    for setup in experiment.setups:
+        info = setup.info
+        teachers = ", ".join(info.teachers) if info.teachers else "labels only"
+        terms = " + ".join(f"{w.weight:g}*{w.name}" for w in setup.terms)
+        print(f"  {info.index + 1}. {info.name} ({info.arch}), {info.epochs} epochs, from {teachers}: {terms}")
+    return 0
+
+
+PLURALS = {"loss": "losses", "model": "models", "curriculum": "curricula", "dataset": "datasets", "logger": "loggers"}
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from kdframe.plugins import create_plugins
+
+    plugins = create_plugins()
+    components = list(plugins.registry.iter(args.kind, args.pattern))
+    if args.json:
+        rows = []
+        for component in components:
+            row = {
+                "kind": component.kind,
+                "name": component.name,
+                "family": component.spec.family,
+                "summary": component.spec.summary,
+                "plugin": component.provider.plugin,
+                "distribution": component.provider.distribution,
+                "version": component.provider.version,
+                "module": component.provider.module,
+            }
+            if args.params:
+                row["params"] = component.spec.params.model_json_schema()
+            rows.append(row)
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not components:
+        print("No component matches.")
+        return 0
+    current_kind = None
+    for component in components:
+        if component.kind != current_kind:
+            current_kind = component.kind
+            print(f"\n{PLURALS[current_kind]}:")
+        family = f"[{component.spec.family}] " if component.spec.family else ""
+        provider = component.provider
+        source = f"{provider.distribution} {provider.version}".strip() or provider.module
+        print(f"  {component.name:<16} {family}{component.spec.summary}  ({source}: {provider.plugin})")
+        if args.params:
+            for field_name, info in component.spec.params.model_fields.items():
+                default = "required" if info.is_required() else f"default {json.dumps(info.get_default(call_default_factory=True), default=str)}"
+                annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+                print(f"      {field_name}: {annotation}, {default}. {info.description or ''}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from kdframe.json_schema import schedule_schema
+    from kdframe.plugins import create_plugins
+
+    text = json.dumps(schedule_schema(create_plugins().registry), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "plugins": _cmd_plugins, "schema": _cmd_schema}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kdframe`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INPUT_ERROR
+    if not args.debug:
+        warnings.simplefilter("default")
+        warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"  # type: ignore[assignment]
+    try:
+        return COMMANDS[args.command](args)
+    except KdframeError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished stages and results.json are kept in the run folder.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # a bug: say so, briefly, unless --debug
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(
+                f"error: kdframe failed unexpectedly: {type(error).__name__}: {error}. This is a bug; "
+                "rerun with --debug for the traceback and report it.",
+                file=sys.stderr,
+            )
+        return EXIT_BUG

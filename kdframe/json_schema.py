@@ -1,0 +1,61 @@
+"""The JSON Schema of a schedule, including the params of every installed component.
+
+Each component reference (``{"name": ..., "params": ...}``, a model's ``arch``, the data's
+``dataset``) gets one ``if``/``then`` branch per registered component, so that an editor that knows
+JSON Schema completes and checks the params of the component a schedule names.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kdframe.registry import Registry
+from kdframe.schedule import Schedule
+
+SCHEMA_ID = "https://kdframe.dev/schemas/schedule.json"
+
+# Schedule definition -> (component kind, field holding the component's name).
+_REFERENCES = {
+    "LossConfig": ("loss", "name"),
+    "CurriculumConfig": ("curriculum", "name"),
+    "ModelConfig": ("model", "arch"),
+    "DataConfig": ("dataset", "dataset"),
+    "ComponentRef": ("logger", "name"),
+}
+
+
+def _component_branches(registry: Registry, kind: str, key: str, defs: dict[str, Any]) -> list[dict[str, Any]]:
+    branches = []
+    for component in registry.iter(kind):
+        prefix = re.sub(r"[^A-Za-z0-9_]", "_", f"{kind}.{component.name}.")
+        params_schema = component.spec.params.model_json_schema(ref_template=f"#/$defs/{prefix}{{model}}")
+        for name, definition in params_schema.pop("$defs", {}).items():
+            defs[prefix + name] = definition
+        branches.append(
+            {
+                "if": {"properties": {key: {"const": component.name}}, "required": [key]},
+                "then": {"properties": {"params": params_schema}},
+            }
+        )
+    return branches
+
+
+def schedule_schema(registry: Registry) -> dict[str, Any]:
+    """The JSON Schema of a schedule for the components in ``registry``."""
+    schema = Schedule.model_json_schema(by_alias=True)
+    defs = schema.setdefault("$defs", {})
+    for definition, (kind, key) in _REFERENCES.items():
+        if definition not in defs:
+            continue
+        names = registry.names(kind)
+        target = defs[definition]
+        target["properties"][key] = {
+            **target["properties"][key],
+            "enum": names,
+        }
+        target["allOf"] = _component_branches(registry, kind, key, defs)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = SCHEMA_ID
+    schema["title"] = "kdframe schedule"
+    return schema

@@ -1,0 +1,66 @@
+"""``results.json`` and the results table printed at the end of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from kdframe.state import StageResult
+
+RESULTS_FILE = "results.json"
+
+
+def write_results(folder: Path, name: str, results: list[StageResult], *, finished: bool) -> Path:
+    """Write ``results.json`` atomically: the run's name, whether it finished, and one row per stage."""
+    payload: dict[str, Any] = {
+        "name": name,
+        "finished": finished,
+        "stages": [result.to_dict() for result in results],
+        "total_wall_time_s": round(sum(result.wall_time_s for result in results), 3),
+    }
+    path = folder / RESULTS_FILE
+    temporary = folder / f".{RESULTS_FILE}.tmp"
+    with open(temporary, "w") as stream:
+        stream.write(json.dumps(payload, indent=2) + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+    return path
+
+
+def _count(value: int) -> str:
+    if value >= 1_000_000:
+        return f"{value / 1_000_000:.2f}M"
+    if value >= 1_000:
+        return f"{value / 1_000:.1f}k"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of stage results (rows as in ``results.json``)."""
+    header = ["stage", "arch", "teachers", "epochs", "final acc %", "best acc % (epoch)", "params", "time"]
+    lines = [header]
+    for row in rows:
+        best = f"{row['best_test_acc']:.2f} ({row['best_epoch']})"
+        flag = "  collapsed" if row.get("collapsed") else ""
+        lines.append(
+            [
+                row["stage"],
+                row["arch"],
+                ",".join(row["teachers"]) or "- (labels)",
+                f"{row['epochs_run']}/{row['epochs']}",
+                f"{row['final_test_acc']:.2f}{flag}",
+                best,
+                _count(row["params"]),
+                f"{row['wall_time_s']:.0f} s",
+            ]
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    text = []
+    for number, line in enumerate(lines):
+        text.append("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+        if number == 0:
+            text.append("  ".join("-" * width for width in widths))
+    return "\n".join(text)

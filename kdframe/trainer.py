@@ -1,0 +1,323 @@
+"""The hook-based training loop for one stage.
+
+The trainer trains one student with the stage's weighted loss terms, optionally taught by teachers
+that stay in eval mode without gradients (their BatchNorm statistics never change), evaluates the
+student on the test split after every epoch, and fires the trainer-event hooks in the documented order
+(see :mod:`kdframe.hookspecs`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdframe.data import InMemoryDataset, batches_per_epoch, iterate_batches
+from kdframe.errors import TrainingError
+from kdframe.features import FeatureTap
+from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
+from kdframe.schedule import AdamConfig, LRScheduleConfig, SGDConfig, TrainingConfig
+from kdframe.state import Control, RunInfo, StageInfo, TrainState
+
+#: Test accuracy (percent) at or below ``COLLAPSE_FACTOR * 100 / num_classes`` after warm-up is a collapse.
+COLLAPSE_FACTOR = 1.5
+
+
+@dataclass
+class WeightedTerm:
+    """A built loss term with its schedule name and weight."""
+
+    name: str
+    weight: float
+    term: LossTerm
+
+
+@dataclass
+class StageSetup:
+    """Everything one stage needs, built and checked before any training starts.
+
+    Attributes:
+        info: The stage as hooks see it.
+        student: The model to train.
+        teachers: Models that teach it (frozen, eval mode).
+        terms: The weighted loss terms, already built from a dry run.
+        student_tap: Records the student layers the terms asked for (or ``None``).
+        teacher_tap: Records the first teacher's layers the terms asked for (or ``None``).
+        training: The stage's training settings.
+    """
+
+    info: StageInfo
+    student: nn.Module
+    teachers: list[nn.Module]
+    terms: list[WeightedTerm]
+    student_tap: FeatureTap | None
+    teacher_tap: FeatureTap | None
+    training: TrainingConfig
+
+
+@dataclass
+class StageOutcome:
+    """What the trainer reports about a finished stage."""
+
+    epochs_run: int
+    final_test_acc: float
+    best_test_acc: float
+    best_epoch: int
+    collapsed: bool
+    stop_run: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_optimizer(config: SGDConfig | AdamConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer a schedule names."""
+    if isinstance(config, SGDConfig):
+        return torch.optim.SGD(
+            parameters,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov and config.momentum > 0,
+        )
+    optimizer_class = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
+    return optimizer_class(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
+
+
+def lr_factor(config: LRScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Multiplier of the peak LR at optimizer step ``step`` (linear warm-up, then the decay)."""
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warmup_steps:
+        start = config.warmup_start_factor
+        return start + (1.0 - start) * step / warmup_steps
+    if config.name == "constant":
+        return 1.0
+    if config.name == "step":
+        epoch = step // max(steps_per_epoch, 1)
+        return config.gamma ** sum(1 for milestone in config.milestones if epoch >= milestone)
+    total = max(epochs * steps_per_epoch - warmup_steps, 1)
+    progress = min((step - warmup_steps) / total, 1.0)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.min_lr_factor + (1.0 - config.min_lr_factor) * cosine
+
+
+def freeze_teacher(teacher: nn.Module) -> None:
+    """Eval mode and no gradients: a teacher's weights and BatchNorm statistics never change."""
+    teacher.eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+
+
+def _layout(images: Tensor, channels_last: bool) -> Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, channels_last: bool) -> tuple[float, float]:
+    """Accuracy (percent) and mean cross-entropy of ``model`` on a split."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    loss_sum = 0.0
+    for batch_images, batch_labels in iterate_batches(images, labels, batch_size):
+        logits = model(_layout(batch_images, channels_last))
+        loss_sum += float(nn.functional.cross_entropy(logits, batch_labels, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == batch_labels).sum())
+    model.train(was_training)
+    count = max(int(labels.shape[0]), 1)
+    return 100.0 * correct / count, loss_sum / count
+
+
+class Trainer:
+    """Trains one stage; ``hook`` is the plugin manager's hook relay."""
+
+    def __init__(
+        self,
+        setup: StageSetup,
+        data: InMemoryDataset,
+        *,
+        run: RunInfo,
+        hook: Any,
+        device: torch.device,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        save_snapshot: Callable[[nn.Module, int], Path],
+    ) -> None:
+        self.setup = setup
+        self.data = data
+        self.run = run
+        self.hook = hook
+        self.device = device
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.save_snapshot = save_snapshot
+        self.control = Control()
+        self.state = TrainState()
+
+    def _fire(self, name: str, **kwargs: Any) -> None:
+        getattr(self.hook, name)(run=self.run, stage=self.setup.info, control=self.control, **kwargs)
+
+    def train(self) -> StageOutcome:
+        """Run the stage to the end (or until a hook stops it) and report the outcome."""
+        setup, config = self.setup, self.setup.training
+        student, teachers = setup.student, setup.teachers
+        for teacher in teachers:
+            freeze_teacher(teacher)
+        parameters = [p for p in student.parameters() if p.requires_grad]
+        parameters += [p for weighted in setup.terms for p in weighted.term.parameters() if p.requires_grad]
+        optimizer = make_optimizer(config.optimizer, parameters)
+        train_count = int(self.data.train_labels.shape[0])
+        drop_last = train_count > self.batch_size
+        steps_per_epoch = batches_per_epoch(train_count, self.batch_size, drop_last)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(config.lr_schedule, step, steps_per_epoch, config.epochs)
+        )
+        self.state = TrainState(batches_per_epoch=steps_per_epoch)
+        chance = 100.0 / max(len(self.data.classes), 1)
+        outcome = StageOutcome(0, 0.0, 0.0, -1, False, False)
+
+        self._fire("kdframe_on_stage_start")
+        if self.control.stop_stage or self.control.stop_run:
+            outcome.stop_run = self.control.stop_run
+            return outcome
+        for epoch in range(config.epochs):
+            self.state.epoch = epoch
+            self.state.metrics = {}
+            self._fire("kdframe_on_epoch_start", state=self.state)
+            if self.control.stop_stage or self.control.stop_run:
+                break
+            started = time.perf_counter()
+            train_metrics = self._train_epoch(epoch, optimizer, scheduler, parameters)
+            seconds = time.perf_counter() - started
+            test_acc, test_loss = evaluate(
+                student, self.data.test_images, self.data.test_labels, self.eval_batch_size, config.channels_last
+            )
+            outcome.epochs_run = epoch + 1
+            outcome.final_test_acc = test_acc
+            if test_acc > outcome.best_test_acc or outcome.best_epoch < 0:
+                outcome.best_test_acc, outcome.best_epoch = test_acc, epoch + 1
+            self.state.best_test_acc = outcome.best_test_acc
+            self.state.metrics = {"test/acc": test_acc, "test/loss": test_loss}
+            self._fire("kdframe_on_eval_end", state=self.state)
+            samples = train_metrics.pop("_samples")
+            self.state.metrics = {
+                **train_metrics,
+                "test/acc": test_acc,
+                "test/loss": test_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "time/epoch_s": seconds,
+                "time/samples_per_s": samples / max(seconds, 1e-9),
+            }
+            self._fire("kdframe_on_epoch_end", state=self.state)
+            outcome.history.append(dict(self.state.metrics))
+            if self.control.save_checkpoint:
+                self.save_snapshot(student, epoch + 1)
+                self.control.save_checkpoint = False
+            warmed_up = epoch + 1 > config.lr_schedule.warmup_epochs
+            if warmed_up and test_acc <= COLLAPSE_FACTOR * chance and not outcome.collapsed:
+                outcome.collapsed = True
+                message = (
+                    f"Stage '{setup.info.name}' collapsed: test accuracy {test_acc:.1f}% at epoch "
+                    f"{epoch + 1} is at chance level ({chance:.1f}%). Lower training.optimizer.lr, "
+                    "lengthen training.lr_schedule.warmup_epochs, or lower the distillation "
+                    "temperature/weight."
+                )
+                if config.on_collapse == "stop":
+                    raise TrainingError(message + " (training.on_collapse is 'stop'.)")
+                warnings.warn(message, RuntimeWarning, stacklevel=1)
+            if self.control.stop_stage or self.control.stop_run:
+                break
+        outcome.stop_run = self.control.stop_run
+        return outcome
+
+    def _forward_teachers(self, images: Tensor) -> list[ModelOutputs]:
+        outputs = []
+        with torch.no_grad():
+            for index, teacher in enumerate(self.setup.teachers):
+                logits = teacher(images)
+                tap = self.setup.teacher_tap if index == 0 else None
+                outputs.append(ModelOutputs(logits, tap.take() if tap else {}))
+        return outputs
+
+    def _train_epoch(
+        self,
+        epoch: int,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        parameters: list[nn.Parameter],
+    ) -> dict[str, float]:
+        setup, config = self.setup, self.setup.training
+        student = setup.student
+        student.train()
+        for weighted in setup.terms:
+            weighted.term.train()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + setup.info.index * 10_007 + epoch)
+        train_count = int(self.data.train_labels.shape[0])
+        term_sums = torch.zeros(len(setup.terms), dtype=torch.float64)
+        loss_sum = 0.0
+        correct = 0
+        samples = 0
+        for batch, (images, labels) in enumerate(
+            iterate_batches(
+                self.data.train_images,
+                self.data.train_labels,
+                self.batch_size,
+                generator=generator,
+                drop_last=train_count > self.batch_size,
+            )
+        ):
+            if self.data.augment is not None:
+                images = self.data.augment(images, generator)
+            images = _layout(images, config.channels_last)
+            self.state.batch, self.state.samples = batch, int(labels.shape[0])
+            self._fire("kdframe_on_batch_start", state=self.state)
+
+            teacher_outputs = self._forward_teachers(images)
+            logits = student(images)
+            student_features = setup.student_tap.take() if setup.student_tap else {}
+            outputs = StepOutputs(ModelOutputs(logits, student_features), teacher_outputs, labels, epoch)
+            values = [weighted.term(outputs) for weighted in setup.terms]
+            total = sum((weighted.weight * value for weighted, value in zip(setup.terms, values)), torch.zeros((), device=logits.device))
+            detached = torch.stack([value.detach().float() for value in values]).cpu().double()
+            if not torch.isfinite(detached).all():
+                bad = [w.name for w, v in zip(setup.terms, detached.tolist()) if not math.isfinite(v)]
+                raise TrainingError(
+                    f"Stage '{setup.info.name}': loss term(s) {', '.join(bad)} became non-finite at "
+                    f"epoch {epoch + 1}, step {self.state.step + 1}. Lower the learning rate, add "
+                    "training.grad_clip_norm, or check the term's params."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if config.grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(parameters, config.grad_clip_norm)
+            optimizer.step()
+            scheduler.step()
+            self.state.step += 1
+
+            batch_size = int(labels.shape[0])
+            total_value = float((detached * torch.tensor([w.weight for w in setup.terms], dtype=torch.float64)).sum())
+            term_sums += detached * batch_size
+            loss_sum += total_value * batch_size
+            correct += int((logits.detach().argmax(dim=1) == labels).sum())
+            samples += batch_size
+            self.state.metrics = {"loss": total_value, "lr": optimizer.param_groups[0]["lr"]}
+            for weighted, value in zip(setup.terms, detached.tolist()):
+                self.state.metrics[f"loss/{weighted.name}"] = value
+            self._fire("kdframe_on_batch_end", state=self.state)
+            if self.control.stop_stage or self.control.stop_run:
+                break
+        metrics = {
+            "train/loss": loss_sum / max(samples, 1),
+            "train/acc": 100.0 * correct / max(samples, 1),
+            "_samples": float(samples),
+        }
+        for weighted, value in zip(setup.terms, (term_sums / max(samples, 1)).tolist()):
+            metrics[f"train/loss/{weighted.name}"] = value
+        return metrics

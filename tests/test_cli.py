@@ -1,0 +1,115 @@
+"""The command line: commands, --help, exit codes and one-paragraph errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import tiny_schedule, write_schedule
+from kdframe.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kdframe", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("run", "validate", "plugins", "schema"):
+        assert command in result.stdout
+    run_help = run_cli("run", "--help")
+    assert "--set" in run_help.stdout and "--out" in run_help.stdout and "--quiet" in run_help.stdout
+
+
+def test_run_prints_the_results_table(tmp_path, capsys) -> None:
+    path = write_schedule(tmp_path, tiny_schedule(**{"training.epochs": 1}))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet", "--set", "seed=3"]) == 0
+    output = capsys.readouterr().out
+    assert "stage" in output and "best acc" in output
+    for stage in ("teacher", "assistant", "student"):
+        assert stage in output
+    assert "tensorboard --logdir" in output
+    assert json.loads((tmp_path / "run" / "schedule.json").read_text())["seed"] == 3
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda text: text.replace('"name": "tiny",', '"name": "tiny"'), "line 3, column 3"),
+        (lambda text: text.replace('"epochs": 2', '"epochs": "two"'), "training.epochs"),
+        (lambda text: text.replace('"ta_chain"', '"ta_chian"'), "Did you mean 'ta_chain'"),
+        (lambda text: text.replace('"depth": 2', '"depth": 3'), "models.student.params.depth"),
+    ],
+)
+def test_bad_schedules_exit_2_without_traceback(tmp_path, mutate, expected) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(mutate(json.dumps(tiny_schedule(), indent=2)))
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+
+
+def test_debug_shows_the_traceback(tmp_path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text("{")
+    result = run_cli("--debug", "validate", str(path))
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_missing_data_says_how_to_get_it(tmp_path) -> None:
+    schedule = tiny_schedule()
+    schedule["data"] = {"dataset": "fashion_mnist", "params": {"root": str(tmp_path / "nowhere")}}
+    result = run_cli("validate", str(write_schedule(tmp_path, schedule)))
+    assert result.returncode == 2
+    assert "apt-get install dataset-fashion-mnist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_lists_stages(tmp_path, capsys) -> None:
+    path = write_schedule(tmp_path, tiny_schedule())
+    assert main(["validate", str(path)]) == 0
+    output = capsys.readouterr().out
+    assert "3 stage(s)" in output
+    assert "student (plain_cnn), 2 epochs, from assistant: 0.1*cross_entropy + 0.9*hinton_kd" in output
+
+
+def test_plugins_listing_and_json(capsys) -> None:
+    assert main(["plugins", "--kind", "loss"]) == 0
+    text = capsys.readouterr().out
+    assert "hinton_kd" in text and "plain_cnn" not in text
+    assert main(["plugins", "--json", "--params", "hint*"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in rows] == ["hinton_kd"]
+    assert rows[0]["distribution"] == "kdframe" and "temperature" in rows[0]["params"]["properties"]
+
+
+def test_schema_validates_every_example_and_rejects_bad_params(capsys) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    examples = sorted((ROOT / "examples").glob("*.json"))
+    assert examples, "examples/ holds no schedules"
+    for example in examples:
+        jsonschema.validate(json.loads(example.read_text()), schema)
+    bad = tiny_schedule()
+    bad["distill"] = {"losses": [{"name": "hinton_kd", "params": {"temprature": 4}}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    jsonschema.validate(tiny_schedule(), schema)
+
+
+def test_examples_validate(capsys) -> None:
+    for example in sorted((ROOT / "examples").glob("*.json")):
+        data = json.loads(example.read_text())
+        if data["data"]["dataset"] == "fashion_mnist" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+            continue
+        assert main(["validate", str(example)]) == 0, example

@@ -1,0 +1,154 @@
+"""End-to-end runs on synthetic data: the run folder, results.json, TensorBoard files, preflight errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import tiny_schedule, write_schedule
+from kdframe.errors import CheckpointError, LayerError, RunFolderError, ScheduleError
+from kdframe.runner import run_schedule
+
+
+def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_ta_chain_end_to_end(tmp_path) -> None:
+    path = write_schedule(tmp_path, tiny_schedule())
+    folder, results = run_schedule(path, out=tmp_path / "run", quiet=True)
+
+    assert [(r.stage, r.teachers) for r in results] == [
+        ("teacher", ()),
+        ("assistant", ("teacher",)),
+        ("student", ("assistant",)),
+    ]
+    for index, name in enumerate(["teacher", "assistant", "student"]):
+        assert (folder / "stages" / f"{index:02d}-{name}" / "student.pt").is_file()
+        assert (folder / "tensorboard" / f"{index:02d}-{name}").is_dir()
+    saved = json.loads((folder / "schedule.json").read_text())
+    assert saved["distill"]["losses"][1]["params"] == {"temperature": 4.0}
+
+    data = json.loads((folder / "results.json").read_text())
+    assert data["finished"] is True
+    rows = {row["stage"]: row for row in data["stages"]}
+    assert rows["student"]["teachers"] == ["assistant"]
+    assert rows["student"]["epochs"] == 2 and rows["student"]["epochs_run"] == 2
+    assert rows["teacher"]["params"] > rows["student"]["params"]
+    for row in rows.values():
+        assert 0.0 <= row["final_test_acc"] <= row["best_test_acc"] <= 100.0
+        assert row["wall_time_s"] > 0
+    # Synthetic data is learnable: the final student is clearly above chance (25 % for 4 classes).
+    assert rows["student"]["best_test_acc"] > 50.0
+
+    student_scalars = _scalars(folder / "tensorboard" / "02-student")
+    for tag in ("train/loss", "train/loss/cross_entropy", "train/loss/hinton_kd", "train/acc", "test/acc", "lr", "time/epoch_s", "time/samples_per_s"):
+        assert tag in student_scalars, tag
+    assert [step for step, _ in student_scalars["test/acc"]] == [1, 2]
+    assert student_scalars["test/acc"][-1][1] == pytest.approx(rows["student"]["final_test_acc"], abs=1e-3)
+    assert "train/loss/hinton_kd" not in _scalars(folder / "tensorboard" / "00-teacher")
+
+
+def test_feature_and_relation_losses_train_their_adapters(tmp_path) -> None:
+    schedule = tiny_schedule(**{"training.epochs": 1})
+    schedule["curriculum"] = {"name": "direct", "params": {"teacher": "teacher", "student": "student"}}
+    schedule["distill"] = {
+        "losses": [
+            {"name": "cross_entropy", "weight": 1.0},
+            {"name": "fitnet", "weight": 0.5, "params": {"student_layer": "features.0", "teacher_layer": "features.3"}},
+            {"name": "rkd_distance", "weight": 1.0, "params": {"student_layer": "flatten", "teacher_layer": "flatten"}},
+        ]
+    }
+    path = write_schedule(tmp_path, schedule)
+    folder, results = run_schedule(path, out=tmp_path / "run", quiet=True)
+    scalars = _scalars(folder / "tensorboard" / "01-student")
+    assert "train/loss/fitnet" in scalars and "train/loss/rkd_distance" in scalars
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars["train/loss/fitnet"])
+
+
+def test_wrong_layer_path_fails_before_training(tmp_path) -> None:
+    schedule = tiny_schedule()
+    schedule["distill"] = {"losses": [{"name": "fitnet", "params": {"student_layer": "features.99", "teacher_layer": "features.0"}}]}
+    path = write_schedule(tmp_path, schedule)
+    with pytest.raises(LayerError) as error:
+        run_schedule(path, out=tmp_path / "run", quiet=True)
+    assert "features.99" in str(error.value) and "features.0" in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_and_unfitting_checkpoints_fail_before_training(tmp_path) -> None:
+    schedule = tiny_schedule()
+    schedule["models"]["teacher"]["checkpoint"] = str(tmp_path / "missing.pt")
+    path = write_schedule(tmp_path, schedule)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_schedule(path, out=tmp_path / "run", quiet=True)
+
+    first = write_schedule(tmp_path, tiny_schedule(**{"training.epochs": 1}), "first.json")
+    folder, _ = run_schedule(first, out=tmp_path / "first", quiet=True)
+    schedule["models"]["teacher"]["checkpoint"] = str(folder / "stages" / "02-student" / "student.pt")
+    path = write_schedule(tmp_path, schedule)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        run_schedule(path, out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_teacher_with_checkpoint_is_not_retrained(tmp_path) -> None:
+    first = write_schedule(tmp_path, tiny_schedule(**{"training.epochs": 1}), "first.json")
+    folder, _ = run_schedule(first, out=tmp_path / "first", quiet=True)
+    schedule = tiny_schedule(**{"training.epochs": 1})
+    schedule["models"]["teacher"]["checkpoint"] = str(folder / "stages" / "00-teacher" / "student.pt")
+    path = write_schedule(tmp_path, schedule)
+    _, results = run_schedule(path, out=tmp_path / "second", quiet=True)
+    assert [r.stage for r in results] == ["assistant", "student"]
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("precious")
+    path = write_schedule(tmp_path, tiny_schedule())
+    with pytest.raises(RunFolderError, match="already exists"):
+        run_schedule(path, out=out, quiet=True)
+    assert (out / "results.json").read_text() == "precious"
+
+
+def test_plan_problems_are_reported(tmp_path) -> None:
+    schedule = tiny_schedule(**{"curriculum.params.assistants": ["ghost"], "training.stages": {"nobody": {"epochs": 1}}})
+    path = write_schedule(tmp_path, schedule)
+    with pytest.raises(ScheduleError) as error:
+        run_schedule(path, out=tmp_path / "run", quiet=True)
+    assert "model 'ghost' is not in models" in str(error.value)
+    assert "training.stages.nobody" in str(error.value)
+
+
+def test_teacher_loss_in_a_scratch_stage_is_refused(tmp_path) -> None:
+    schedule = tiny_schedule()
+    schedule["distill"] = {"scratch_losses": [{"name": "hinton_kd"}]}
+    path = write_schedule(tmp_path, schedule)
+    with pytest.raises(ScheduleError, match="needs a teacher"):
+        run_schedule(path, out=tmp_path / "run", quiet=True)
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_short_real_fashion_mnist_run(tmp_path) -> None:
+    schedule = {
+        "name": "fmnist-short",
+        "device": "cpu",
+        "data": {"dataset": "fashion_mnist", "train_samples": 4000, "test_samples": 1000},
+        "models": {"teacher": {"arch": "plain_cnn", "params": {"depth": 4}}, "student": {"arch": "plain_cnn", "params": {"depth": 2}}},
+        "training": {"epochs": 2, "lr_schedule": {"warmup_epochs": 0.5}},
+        "curriculum": {"name": "direct", "params": {"teacher": "teacher", "student": "student"}},
+        "logging": {"loggers": []},
+    }
+    path = write_schedule(tmp_path, schedule)
+    _, results = run_schedule(path, out=tmp_path / "run", quiet=True)
+    assert results[-1].final_test_acc > 60.0  # chance is 10 %

@@ -1,0 +1,144 @@
+"""The trainer: LR schedule, the golden order of events, frozen teachers, faults and controls."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import Field
+
+from conftest import HookRecorder, tiny_schedule, write_schedule
+from kdframe import DataInfo, LossSpec, LossTerm, Params, hookimpl
+from kdframe.checkpoints import save_model
+from kdframe.errors import TrainingError
+from kdframe.plugins import create_plugins
+from kdframe.runner import execute, load_schedule, prepare
+from kdframe.schedule import LRScheduleConfig
+from kdframe.trainer import lr_factor
+
+
+def test_lr_factor_warmup_then_cosine() -> None:
+    config = LRScheduleConfig(warmup_epochs=1, warmup_start_factor=0.1)
+    assert lr_factor(config, 0, 10, 5) == pytest.approx(0.1)
+    assert lr_factor(config, 5, 10, 5) == pytest.approx(0.55)
+    assert lr_factor(config, 10, 10, 5) == pytest.approx(1.0)
+    assert lr_factor(config, 30, 10, 5) == pytest.approx(0.5)
+    assert lr_factor(config, 50, 10, 5) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_lr_factor_step_and_constant() -> None:
+    step = LRScheduleConfig(name="step", warmup_epochs=0, milestones=[2, 4], gamma=0.1)
+    assert lr_factor(step, 19, 10, 6) == 1.0
+    assert lr_factor(step, 20, 10, 6) == pytest.approx(0.1)
+    assert lr_factor(step, 45, 10, 6) == pytest.approx(0.01)
+    assert lr_factor(LRScheduleConfig(name="constant", warmup_epochs=0), 99, 10, 6) == 1.0
+
+
+def _run(tmp_path, schedule, *extra_plugins):
+    path = write_schedule(tmp_path, schedule)
+    plugins = create_plugins(plugins=list(extra_plugins))
+    loaded, plugins, resolved_schedule = load_schedule(path, plugins=plugins)
+    experiment = prepare(loaded, plugins, resolved_schedule)
+    out = tmp_path / "run"
+    out.mkdir()
+    return experiment, execute(experiment, out)
+
+
+def test_golden_event_order(tmp_path) -> None:
+    recorder = HookRecorder()
+    schedule = tiny_schedule(**{"training.epochs": 1})
+    schedule["curriculum"] = {"name": "direct", "params": {"teacher": "teacher", "student": "student"}}
+    _run(tmp_path, schedule, ("recorder", recorder))
+    batch_pair = ["batch_start", "batch_end"] * 4  # 128 samples / batch 32
+    epoch = ["epoch_start", *batch_pair, "eval_end", "epoch_end"]
+    expected = ["run_start", "stage_start", *epoch, "stage_end", "stage_start", *epoch, "stage_end", "run_end"]
+    assert recorder.events() == expected
+    stages = [details["stage"] for name, details in recorder.calls if name == "stage_start"]
+    assert stages == ["teacher", "student"]
+    batch_metrics = next(details["metrics"] for name, details in recorder.calls if name == "batch_end" and details["stage"] == "student")
+    assert set(batch_metrics) == {"loss", "lr", "loss/cross_entropy", "loss/hinton_kd"}
+    assert batch_metrics["loss"] == pytest.approx(0.1 * batch_metrics["loss/cross_entropy"] + 0.9 * batch_metrics["loss/hinton_kd"])
+    epoch_metrics = [details["metrics"] for name, details in recorder.calls if name == "epoch_end"][-1]
+    for key in ("train/loss", "train/acc", "train/loss/hinton_kd", "test/acc", "test/loss", "lr", "time/epoch_s", "time/samples_per_s"):
+        assert key in epoch_metrics
+
+
+def test_teacher_weights_and_batchnorm_statistics_never_change(tmp_path) -> None:
+    schedule = tiny_schedule(**{"training.epochs": 1})
+    schedule["curriculum"] = {"name": "direct", "params": {"teacher": "teacher", "student": "student"}}
+    # Give the teacher a checkpoint with non-trivial BatchNorm statistics.
+    spec = create_plugins().registry.spec("model", "plain_cnn")
+    teacher = spec.factory(spec.params(depth=4), DataInfo("synthetic", 4, 1, (16, 16)))
+    teacher.train()
+    with torch.no_grad():
+        for _ in range(3):
+            teacher(torch.randn(8, 1, 16, 16) * 3 + 1)
+    checkpoint = tmp_path / "teacher.pt"
+    save_model(checkpoint, teacher, key="teacher", arch="plain_cnn", params={"depth": 4})
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    schedule["models"]["teacher"]["checkpoint"] = str(checkpoint)
+
+    experiment, results = _run(tmp_path, schedule)
+    assert [r.stage for r in results] == ["student"]
+    after = experiment.models["teacher"].state_dict()
+    for name, value in before.items():
+        assert torch.equal(after[name].cpu(), value), name
+    assert not experiment.models["teacher"].training
+
+
+class NaNParams(Params):
+    after: int = Field(2, description="Steps of finite values before NaN.")
+
+
+class NaNLoss(LossTerm):
+    needs_teacher = False
+
+    def __init__(self, params: NaNParams) -> None:
+        super().__init__()
+        self.calls = 0
+        self.after = params.after
+
+    def forward(self, outputs):
+        self.calls += 1
+        value = outputs.student.logits.mean() * 0
+        return value + (math.nan if self.calls > self.after else 0.0)
+
+
+class NaNPlugin:
+    @hookimpl
+    def kdframe_register_losses(self):
+        return [LossSpec(name="nan_after", summary="NaN after N steps", factory=NaNLoss, params=NaNParams, family="label")]
+
+
+def test_non_finite_loss_names_term_and_step(tmp_path) -> None:
+    schedule = tiny_schedule()
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    schedule["distill"] = {"scratch_losses": [{"name": "cross_entropy"}, {"name": "nan_after", "params": {"after": 2}}]}
+    recorder = HookRecorder()
+    with pytest.raises(TrainingError) as error:
+        _run(tmp_path, schedule, ("nan", NaNPlugin()), ("recorder", recorder))
+    assert "nan_after" in str(error.value) and "step 3" in str(error.value)
+    assert recorder.events()[-1] == "exception"
+
+
+class StopAfterFirstBatch:
+    @hookimpl
+    def kdframe_on_batch_end(self, state, control):
+        control.stop_stage = True
+
+
+def test_control_stop_stage_ends_the_stage_early(tmp_path) -> None:
+    schedule = tiny_schedule()
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    recorder = HookRecorder()
+    _, results = _run(tmp_path, schedule, ("stopper", StopAfterFirstBatch()), ("recorder", recorder))
+    assert recorder.events().count("batch_end") == 1
+    assert results[0].epochs_run == 1
+
+
+def test_collapse_to_chance_is_detected(tmp_path) -> None:
+    schedule = tiny_schedule(**{"data.params.noise": 1000.0, "data.params.test_size": 512, "training.on_collapse": "stop"})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    with pytest.raises(TrainingError, match="collapsed"):
+        _run(tmp_path, schedule)
