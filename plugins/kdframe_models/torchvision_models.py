@@ -112,21 +112,17 @@ class TorchvisionParams(Params):
         name = info.data.get("name")
         if weights is None or name is None:  # a bad name is reported by its own validator
             return weights
-        choices = list(dict.fromkeys(["DEFAULT", *_weights_enum(name).__members__]))
-        member = weights.rsplit(".", 1)[-1]  # accept 'ResNet18_Weights.IMAGENET1K_V1' too
+        enum = _weights_enum(name)
+        choices = list(dict.fromkeys(["DEFAULT", *enum.__members__]))
+        prefix, _, member = weights.rpartition(".")  # accept 'ResNet18_Weights.IMAGENET1K_V1' too
+        if prefix and prefix != enum.__name__:
+            raise ValueError(f"weights '{weights}' are not {name}'s; its weights are {enum.__name__}.*")
         if member not in choices:
             raise ValueError(
                 f"unknown weights '{weights}' for {name}.{suggest(member, choices)} "
                 f"Available: {', '.join(choices)}"
             )
         return weights
-
-
-def _resolve(model: nn.Module, path: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        return None
 
 
 def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:

@@ -247,6 +247,8 @@ def test_torchvision_unknown_name_suggests_close_matches() -> None:
 def test_torchvision_unknown_weights_suggests_close_matches() -> None:
     with pytest.raises(ValidationError, match=r"unknown weights 'IMAGENET' .* Did you mean 'IMAGENET1K_V1'"):
         torchvision_models.TorchvisionParams(name="resnet18", weights="IMAGENET")
+    with pytest.raises(ValidationError, match="are not resnet34's"):
+        torchvision_models.TorchvisionParams(name="resnet34", weights="ResNet18_Weights.IMAGENET1K_V1")
     for ok in ("DEFAULT", "IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1"):
         assert torchvision_models.TorchvisionParams(name="resnet18", weights=ok).weights == ok
 
