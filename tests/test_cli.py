@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_schedule, write_schedule
+from tests.conftest import tiny_schedule, write_schedule
 from kdframe.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from conftest import HookRecorder
+from tests.conftest import HookRecorder
 from kdframe import hookspecs
 
 HOOKS = {name: fn for name, fn in vars(hookspecs).items() if name.startswith("kdframe_") and callable(fn)}

@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import tiny_schedule
+from tests.conftest import tiny_schedule
 from kdframe.json_schema import schedule_schema
 from kdframe.plugins import create_plugins
 

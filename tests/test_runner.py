@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import tiny_schedule, write_schedule
+from tests.conftest import tiny_schedule, write_schedule
 from kdframe.errors import CheckpointError, LayerError, RunFolderError, ScheduleError
 from kdframe.runner import run_schedule
 

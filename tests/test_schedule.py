@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import tiny_schedule, write_schedule
+from tests.conftest import tiny_schedule, write_schedule
 from kdframe.errors import ScheduleError
 from kdframe.plugins import create_plugins
 from kdframe.schedule import (

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import Field
 
-from conftest import HookRecorder, tiny_schedule, write_schedule
+from tests.conftest import HookRecorder, tiny_schedule, write_schedule
 from kdframe import DataInfo, LossSpec, LossTerm, Params, hookimpl
 from kdframe.checkpoints import save_model
 from kdframe.errors import TrainingError

@@ -27,7 +27,8 @@ class TAChain(Curriculum):
 
     Stages: the teacher from labels (if it has no checkpoint), then each assistant taught by the model
     before it in the chain, then the student taught by the last assistant. An assistant that has a
-    checkpoint is used as it is, not retrained.
+    checkpoint is used as it is, not retrained; a teacher that no stage learns from (because the
+    first assistant has a checkpoint) is not trained.
     """
 
     def __init__(self, params: TAChainParams) -> None:
@@ -35,10 +36,12 @@ class TAChain(Curriculum):
 
     def plan(self, schedule: Schedule) -> list[StagePlan]:
         chain = [self.params.teacher, *self.params.assistants, self.params.student]
-        stages = teacher_stages(schedule, [self.params.teacher], set())
+        distill_stages = []
         for previous, current in zip(chain, chain[1:]):
             config = schedule.models.get(current)
             if current != self.params.student and config is not None and config.checkpoint is not None:
                 continue  # a pre-trained assistant teaches the next model as it is
-            stages.append(distill_stage(schedule, current, (previous,)))
-        return stages
+            distill_stages.append(distill_stage(schedule, current, (previous,)))
+        # The teacher is trained from labels only when some stage learns from it.
+        needed = [self.params.teacher] if any(self.params.teacher in s.teachers for s in distill_stages) else []
+        return teacher_stages(schedule, needed, set()) + distill_stages
