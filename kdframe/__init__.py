@@ -17,7 +17,7 @@ from kdframe.errors import (
     TrainingError,
 )
 from kdframe.hookspecs import hookimpl
-from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
+from kdframe.losses import BuildContext, LayerPair, LossTerm, ModelOutputs, StepOutputs
 from kdframe.registry import (
     CurriculumSpec,
     DatasetSpec,
@@ -28,10 +28,13 @@ from kdframe.registry import (
     Params,
 )
 from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
+from kdframe.value_schedule import ScheduledFloat, ValueSchedule, value_at
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BuildContext",
+    "LayerPair",
     "CheckpointError",
     "ComponentError",
     "Control",
@@ -52,6 +55,7 @@ __all__ = [
     "Params",
     "PluginError",
     "RunInfo",
+    "ScheduledFloat",
     "ScheduleError",
     "StageInfo",
     "StagePlan",
@@ -59,9 +63,11 @@ __all__ = [
     "StepOutputs",
     "TrainState",
     "TrainingError",
+    "ValueSchedule",
     "distill_stage",
     "hookimpl",
     "scratch_stage",
     "teacher_stages",
+    "value_at",
     "__version__",
 ]

@@ -101,6 +101,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from kdframe.runner import load_schedule, prepare
+    from kdframe.value_schedule import describe_value
 
     schedule, plugins, resolved_schedule = load_schedule(args.schedule, args.overrides)
     experiment = prepare(schedule, plugins, resolved_schedule)
@@ -111,7 +112,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for setup in experiment.setups:
         info = setup.info
         teachers = ", ".join(info.teachers) if info.teachers else "labels only"
-        terms = " + ".join(f"{w.weight:g}*{w.name}" for w in setup.terms)
+        if setup.phase == "pretrain":
+            terms = " + ".join(f"{w.name} (pre-training phase)" for w in setup.terms)
+        else:
+            terms = " + ".join(f"{describe_value(w.weight)}*{w.name}" for w in setup.terms)
         print(f"  {info.index + 1}. {info.name} ({info.arch}), {info.epochs} epochs, from {teachers}: {terms}")
     return 0
 

@@ -110,7 +110,8 @@ def check_plan(schedule: Schedule, stages: list[StagePlan], registry: Registry, 
                         )
         trained.add(stage.student)
     for override in schedule.training.stages:
-        if override not in seen_names:
+        # '<stage>-pretrain' names the pre-training phase a loss term may add before a stage.
+        if override not in seen_names and override.removesuffix("-pretrain") not in seen_names:
             problems.append(
                 f"training.stages.{override}: no stage has this name (stages: {', '.join(s.stage_name for s in stages)})"
             )

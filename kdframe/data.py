@@ -110,24 +110,24 @@ def iterate_batches(
     *,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(images, labels)`` batches; shuffled when a generator is given.
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Yield ``(images, labels, indices)`` batches; shuffled when a generator is given.
 
-    The permutation is drawn on the CPU from ``generator`` so that the order depends only on its seed,
-    whatever the device.
+    ``indices`` are the positions of the batch's samples in ``images``. The permutation is drawn on
+    the CPU from ``generator`` so that the order depends only on its seed, whatever the device.
     """
     count = images.shape[0]
     if generator is not None:
         order = torch.randperm(count, generator=generator).to(images.device)
     else:
-        order = None
+        order = torch.arange(count, device=images.device)
     stop = count - count % batch_size if drop_last and count >= batch_size else count
     for start in range(0, stop, batch_size):
-        if order is None:
-            yield images[start : start + batch_size], labels[start : start + batch_size]
+        index = order[start : start + batch_size]
+        if generator is None:
+            yield images[start : start + batch_size], labels[start : start + batch_size], index
         else:
-            index = order[start : start + batch_size]
-            yield images.index_select(0, index), labels.index_select(0, index)
+            yield images.index_select(0, index), labels.index_select(0, index), index
 
 
 def batches_per_epoch(count: int, batch_size: int, drop_last: bool) -> int:

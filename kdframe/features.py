@@ -15,11 +15,20 @@ from torch import Tensor, nn
 from kdframe.errors import LayerError
 
 
+#: The path that names a model's output (its logits): the root module in ``named_modules()``.
+LOGITS = "logits"
+
+
+def module_path(path: str) -> str:
+    """The ``named_modules()`` name of a layer path (``logits`` is the root module, ``""``)."""
+    return "" if path == LOGITS else path
+
+
 def check_layer_paths(model: nn.Module, paths: Iterable[str], label: str) -> None:
-    """Raise :class:`LayerError` for any path that is not a submodule of ``model``."""
+    """Raise :class:`LayerError` for any path that is not a submodule of ``model`` (or ``logits``)."""
     names = [name for name, _ in model.named_modules() if name]
     for path in paths:
-        if path in names:
+        if path in names or path == LOGITS:
             continue
         close = difflib.get_close_matches(path, names, n=5, cutoff=0.4)
         nearby = ", ".join(close) if close else "none close"
@@ -27,7 +36,7 @@ def check_layer_paths(model: nn.Module, paths: Iterable[str], label: str) -> Non
         raise LayerError(
             f"Layer '{path}' does not exist in {label}. Closest names: {nearby}. Module paths of "
             f"this model: {listing}. Use one of these names (they are those of "
-            "model.named_modules())."
+            "model.named_modules()), or 'logits' for the model's output."
         )
 
 
@@ -40,7 +49,8 @@ class FeatureTap:
         self.outputs: dict[str, Tensor] = {}
         check_layer_paths(model, self.paths, label)
         modules = dict(model.named_modules())
-        self._handles = [modules[path].register_forward_hook(self._hook(path)) for path in self.paths]
+        self.modules = {path: modules[module_path(path)] for path in self.paths}
+        self._handles = [self.modules[path].register_forward_hook(self._hook(path)) for path in self.paths]
 
     def _hook(self, path: str) -> Any:
         def record(module: nn.Module, inputs: Any, output: Any) -> None:

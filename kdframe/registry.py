@@ -56,10 +56,27 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class LossSpec(ComponentSpec):
-    """A loss strategy. ``factory(params)`` returns a :class:`kdframe.losses.LossTerm`."""
+    """A loss strategy. ``factory(params)`` returns a :class:`kdframe.losses.LossTerm`.
+
+    Attributes:
+        reference: The paper (authors, year, title or arXiv id) the term implements.
+        example: Params for the docs' JSON snippet and the shared contract test; feature and relation
+            terms name their layers here with the placeholder paths ``student.layer`` and
+            ``teacher.layer`` (a second pair: ``student.layer2``/``teacher.layer2``).
+        layers: One line on the layers the term needs (``"logits"``, ``"feature maps (N, C, H, W)"``...).
+        weight: A suggested weight (from the paper or its authors' code, for this implementation's
+            reduction), used by the docs and benchmarks.
+        label_weight: The weight of ``cross_entropy`` that ``weight`` goes with (0.1 for Hinton-style
+            KD, whose weights are ``1 - alpha`` and ``alpha``; 1 for most feature and relation terms).
+    """
 
     kind: ClassVar[str] = "loss"
     family: str = "response"
+    reference: str = ""
+    example: dict[str, Any] = field(default_factory=dict)
+    layers: str = "logits"
+    weight: float = 1.0
+    label_weight: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from kdframe.curriculum import StagePlan, check_plan
 from kdframe.data import InMemoryDataset
 from kdframe.errors import ComponentError, DataError, KdframeError, RunFolderError
 from kdframe.features import FeatureTap
+from kdframe.losses import BuildContext
+from kdframe.value_schedule import describe_value
 from kdframe.plugins import Plugins, create_plugins
 from kdframe.results import RESULTS_FILE, format_table, write_results
 from kdframe.schedule import (
@@ -100,7 +102,10 @@ def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, A
     data = load_data(schedule, plugins)
     models = build_models(schedule, plugins, data)
     experiment = Experiment(schedule, resolved_schedule, plugins, data, models, stages)
-    experiment.setups = [build_stage(experiment, index, plan) for index, plan in enumerate(stages)]
+    setups = [setup for plan in stages for setup in build_stage(experiment, plan)]
+    for index, setup in enumerate(setups):
+        setup.info = StageInfo(**{**setup.info.to_dict(), "index": index})
+    experiment.setups = setups
     return experiment
 
 
@@ -147,8 +152,11 @@ def _term_labels(names: list[str]) -> list[str]:
     return labels
 
 
-def build_stage(experiment: Experiment, index: int, plan: StagePlan) -> StageSetup:
-    """Build a stage's loss terms, tap their layers and build adapters from a dry run."""
+def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
+    """Build a stage's loss terms, tap their layers and build adapters from a dry run.
+
+    Returns the stage's setup, preceded by a pre-training phase when one of its terms declares one.
+    """
     schedule, registry = experiment.schedule, experiment.plugins.registry
     student = experiment.models[plan.student]
     teachers = [experiment.models[key] for key in plan.teachers]
@@ -171,28 +179,31 @@ def build_stage(experiment: Experiment, index: int, plan: StagePlan) -> StageSet
     if student_tap or teacher_tap:
         sample = experiment.data.train_images[:2]
         with torch.no_grad():
-            was_training = student.training
-            student.eval()
-            student(sample)
-            student.train(was_training)
-            if teachers:
-                # The teacher may still be trained by an earlier stage: no freezing here, and its
-                # BatchNorm statistics stay untouched in eval mode.
-                was_training = teachers[0].training
-                teachers[0].eval()
-                teachers[0](sample)
-                teachers[0].train(was_training)
+            # Eval mode so that no BatchNorm statistics change; the teacher may still be trained by
+            # an earlier stage, so it is not frozen here.
+            for model in (student, *teachers[:1]):
+                was_training = model.training
+                model.eval()
+                model(sample)
+                model.train(was_training)
         student_shapes = {k: v.shape for k, v in (student_tap.take() if student_tap else {}).items()}
         teacher_shapes = {k: v.shape for k, v in (teacher_tap.take() if teacher_tap else {}).items()}
+    training = schedule.training.for_stage(plan.stage_name)
     for weighted in terms:
         weighted.term.build(
-            {p: student_shapes[p] for p in weighted.term.student_layers},
-            {p: teacher_shapes[p] for p in weighted.term.teacher_layers},
+            BuildContext(
+                student_shapes={p: student_shapes[p] for p in weighted.term.student_layers},
+                teacher_shapes={p: teacher_shapes[p] for p in weighted.term.teacher_layers},
+                student_modules={p: student_tap.modules[p] for p in weighted.term.student_layers} if student_tap else {},
+                teacher_modules={p: teacher_tap.modules[p] for p in weighted.term.teacher_layers} if teacher_tap else {},
+                num_train_samples=int(experiment.data.train_labels.shape[0]),
+                num_classes=len(experiment.data.classes),
+                epochs=training.epochs,
+            )
         )
 
-    training = schedule.training.for_stage(plan.stage_name)
     info = StageInfo(
-        index=index,
+        index=0,
         name=plan.stage_name,
         student=plan.student,
         arch=arch,
@@ -202,7 +213,24 @@ def build_stage(experiment: Experiment, index: int, plan: StagePlan) -> StageSet
         hparams=stage_hparams(schedule, plan, training),
         folder="",
     )
-    return StageSetup(info, student, teachers, terms, student_tap, teacher_tap, training)
+    setups = []
+    pretraining = [weighted for weighted in terms if weighted.term.pretrain_epochs > 0]
+    if pretraining:
+        epochs = max(weighted.term.pretrain_epochs for weighted in pretraining)
+        name = f"{plan.stage_name}-pretrain"
+        pre_training = schedule.training.for_stage(name).model_copy(update={"epochs": epochs})
+        pre_info = StageInfo(
+            **{
+                **info.to_dict(),
+                "name": name,
+                "epochs": epochs,
+                "losses": tuple({"name": w.name, "phase": "pretrain"} for w in pretraining),
+                "hparams": {**info.hparams, "epochs": epochs, "phase": "pretrain"},
+            }
+        )
+        setups.append(StageSetup(pre_info, student, teachers, pretraining, student_tap, teacher_tap, pre_training, "pretrain"))
+    setups.append(StageSetup(info, student, teachers, terms, student_tap, teacher_tap, training))
+    return setups
 
 
 def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any) -> dict[str, Any]:
@@ -219,7 +247,7 @@ def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any) -> dict[st
         "dataset": schedule.data.dataset,
     }
     for label, loss in zip(_term_labels([loss.name for loss in plan.losses]), plan.losses):
-        hparams[f"loss/{label}/weight"] = loss.weight
+        hparams[f"loss/{label}/weight"] = loss.weight if isinstance(loss.weight, float) else describe_value(loss.weight)
         for key, value in loss.params.items():
             if isinstance(value, (str, int, float, bool)):
                 hparams[f"loss/{label}/{key}"] = value

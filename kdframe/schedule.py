@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdframe.errors import ComponentError, ScheduleError
+from kdframe.value_schedule import ScheduledFloat, ValueSchedule
 
 if TYPE_CHECKING:
     from kdframe.registry import Registry
@@ -46,7 +47,19 @@ class ComponentRef(StrictModel):
 class LossConfig(ComponentRef):
     """One weighted term of a stage's loss: ``total = sum(weight * term)``."""
 
-    weight: float = Field(1.0, ge=0.0, description="Multiplier of this term in the total loss.")
+    weight: ScheduledFloat = Field(
+        1.0,
+        description="Multiplier of this term in the total loss: a number, or a schedule over epochs "
+        "such as {\"schedule\": \"linear\", \"start\": 0, \"end\": 1, \"epochs\": 20}.",
+    )
+
+    @field_validator("weight")
+    @classmethod
+    def _non_negative(cls, value: ScheduledFloat) -> ScheduledFloat:
+        numbers = [value] if not isinstance(value, ValueSchedule) else [value.start, value.end or 0.0]
+        if any(number < 0 for number in numbers):
+            raise ValueError("a loss weight must not be negative")
+        return value
 
 
 class DataConfig(StrictModel):

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ from kdframe.features import FeatureTap
 from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
 from kdframe.schedule import AdamConfig, LRScheduleConfig, SGDConfig, TrainingConfig
 from kdframe.state import Control, RunInfo, StageInfo, TrainState
+from kdframe.value_schedule import ScheduledFloat, value_at
 
 #: Test accuracy (percent) at or below ``COLLAPSE_FACTOR * 100 / num_classes`` after warm-up is a collapse.
 COLLAPSE_FACTOR = 1.5
@@ -32,10 +33,10 @@ COLLAPSE_FACTOR = 1.5
 
 @dataclass
 class WeightedTerm:
-    """A built loss term with its schedule name and weight."""
+    """A built loss term with its label (its name, numbered when a stage uses it twice) and weight."""
 
     name: str
-    weight: float
+    weight: ScheduledFloat
     term: LossTerm
 
 
@@ -51,6 +52,8 @@ class StageSetup:
         student_tap: Records the student layers the terms asked for (or ``None``).
         teacher_tap: Records the first teacher's layers the terms asked for (or ``None``).
         training: The stage's training settings.
+        phase: ``"train"``, or ``"pretrain"`` for a term's pre-training phase, which optimises the
+            terms' ``pretrain_loss`` (with weight 1) and the student only when a term asks for it.
     """
 
     info: StageInfo
@@ -60,6 +63,7 @@ class StageSetup:
     student_tap: FeatureTap | None
     teacher_tap: FeatureTap | None
     training: TrainingConfig
+    phase: Literal["train", "pretrain"] = "train"
 
 
 @dataclass
@@ -124,7 +128,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, 
     model.eval()
     correct = 0
     loss_sum = 0.0
-    for batch_images, batch_labels in iterate_batches(images, labels, batch_size):
+    for batch_images, batch_labels, _ in iterate_batches(images, labels, batch_size):
         logits = model(_layout(batch_images, channels_last))
         loss_sum += float(nn.functional.cross_entropy(logits, batch_labels, reduction="sum"))
         correct += int((logits.argmax(dim=1) == batch_labels).sum())
@@ -170,8 +174,11 @@ class Trainer:
         student, teachers = setup.student, setup.teachers
         for teacher in teachers:
             freeze_teacher(teacher)
-        parameters = [p for p in student.parameters() if p.requires_grad]
+        trains_student = setup.phase == "train" or any(w.term.pretrain_trains_student for w in setup.terms)
+        parameters = [p for p in student.parameters() if p.requires_grad] if trains_student else []
         parameters += [p for weighted in setup.terms for p in weighted.term.parameters() if p.requires_grad]
+        if not parameters:
+            raise TrainingError(f"Stage '{setup.info.name}' has nothing to train (no parameter requires a gradient).")
         optimizer = make_optimizer(config.optimizer, parameters)
         train_count = int(self.data.train_labels.shape[0])
         drop_last = train_count > self.batch_size
@@ -214,6 +221,7 @@ class Trainer:
                 "lr": optimizer.param_groups[0]["lr"],
                 "time/epoch_s": seconds,
                 "time/samples_per_s": samples / max(seconds, 1e-9),
+                **self._scheduled_values(epoch),
             }
             self._fire("kdframe_on_epoch_end", state=self.state)
             outcome.history.append(dict(self.state.metrics))
@@ -221,7 +229,9 @@ class Trainer:
                 self.save_snapshot(student, epoch + 1)
                 self.control.save_checkpoint = False
             warmed_up = epoch + 1 > config.lr_schedule.warmup_epochs
-            if warmed_up and test_acc <= COLLAPSE_FACTOR * chance and not outcome.collapsed:
+            # A pre-training phase does not train the classifier for accuracy: no collapse check.
+            at_chance = test_acc <= COLLAPSE_FACTOR * chance and setup.phase == "train"
+            if warmed_up and at_chance and not outcome.collapsed:
                 outcome.collapsed = True
                 message = (
                     f"Stage '{setup.info.name}' collapsed: test accuracy {test_acc:.1f}% at epoch "
@@ -234,8 +244,25 @@ class Trainer:
                 warnings.warn(message, RuntimeWarning, stacklevel=1)
             if self.control.stop_stage or self.control.stop_run:
                 break
+        if setup.phase == "pretrain":
+            for weighted in setup.terms:
+                weighted.term.end_pretraining()
         outcome.stop_run = self.control.stop_run
         return outcome
+
+    def _weights(self, epoch: int) -> list[float]:
+        if self.setup.phase == "pretrain":
+            return [1.0] * len(self.setup.terms)
+        return [value_at(w.weight, epoch, self.setup.training.epochs) for w in self.setup.terms]
+
+    def _scheduled_values(self, epoch: int) -> dict[str, float]:
+        """Each term's weight and scheduled params at ``epoch``, for the loggers."""
+        values: dict[str, float] = {}
+        for weighted, weight in zip(self.setup.terms, self._weights(epoch)):
+            values[f"weight/{weighted.name}"] = weight
+            for key, value in weighted.term.current_values(epoch, self.setup.training.epochs).items():
+                values[f"param/{weighted.name}/{key}"] = float(value)
+        return values
 
     def _forward_teachers(self, images: Tensor) -> list[ModelOutputs]:
         outputs = []
@@ -255,7 +282,8 @@ class Trainer:
     ) -> dict[str, float]:
         setup, config = self.setup, self.setup.training
         student = setup.student
-        student.train()
+        # A phase that does not train the student leaves its BatchNorm statistics alone.
+        student.train(setup.phase == "train" or any(w.term.pretrain_trains_student for w in setup.terms))
         for weighted in setup.terms:
             weighted.term.train()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + setup.info.index * 10_007 + epoch)
@@ -264,7 +292,10 @@ class Trainer:
         loss_sum = 0.0
         correct = 0
         samples = 0
-        for batch, (images, labels) in enumerate(
+        weights = self._weights(epoch)
+        weight_tensor = torch.tensor(weights, dtype=torch.float64)
+        pretraining = setup.phase == "pretrain"
+        for batch, (images, labels, indices) in enumerate(
             iterate_batches(
                 self.data.train_images,
                 self.data.train_labels,
@@ -282,9 +313,18 @@ class Trainer:
             teacher_outputs = self._forward_teachers(images)
             logits = student(images)
             student_features = setup.student_tap.take() if setup.student_tap else {}
-            outputs = StepOutputs(ModelOutputs(logits, student_features), teacher_outputs, labels, epoch)
-            values = [weighted.term(outputs) for weighted in setup.terms]
-            total = sum((weighted.weight * value for weighted, value in zip(setup.terms, values)), torch.zeros((), device=logits.device))
+            outputs = StepOutputs(
+                ModelOutputs(logits, student_features), teacher_outputs, labels, epoch, config.epochs, indices
+            )
+            if pretraining:
+                values = [weighted.term.pretrain_loss(outputs) for weighted in setup.terms]
+            else:
+                # A term whose weight is 0 this epoch (a warm-up's start, AB after its phase) is skipped.
+                values = [
+                    weighted.term(outputs) if weight != 0 else logits.new_zeros(())
+                    for weighted, weight in zip(setup.terms, weights)
+                ]
+            total = sum((weight * value for weight, value in zip(weights, values)), torch.zeros((), device=logits.device))
             detached = torch.stack([value.detach().float() for value in values]).cpu().double()
             if not torch.isfinite(detached).all():
                 bad = [w.name for w, v in zip(setup.terms, detached.tolist()) if not math.isfinite(v)]
@@ -302,7 +342,7 @@ class Trainer:
             self.state.step += 1
 
             batch_size = int(labels.shape[0])
-            total_value = float((detached * torch.tensor([w.weight for w in setup.terms], dtype=torch.float64)).sum())
+            total_value = float((detached * weight_tensor).sum())
             term_sums += detached * batch_size
             loss_sum += total_value * batch_size
             correct += int((logits.detach().argmax(dim=1) == labels).sum())

@@ -41,15 +41,22 @@ def test_batches_cover_every_sample_once_and_follow_the_generator() -> None:
     data = dataset(10)
     order = [
         int(v)
-        for images, _ in iterate_batches(data.train_images, data.train_labels, 4, generator=torch.Generator().manual_seed(0))
+        for images, _, _ in iterate_batches(data.train_images, data.train_labels, 4, generator=torch.Generator().manual_seed(0))
         for v in images[:, 0, 0, 0]
     ]
     assert sorted(order) == list(range(10)) and order != list(range(10))
     again = [
         int(v)
-        for images, _ in iterate_batches(data.train_images, data.train_labels, 4, generator=torch.Generator().manual_seed(0))
+        for images, _, _ in iterate_batches(data.train_images, data.train_labels, 4, generator=torch.Generator().manual_seed(0))
         for v in images[:, 0, 0, 0]
     ]
     assert again == order
-    sizes = [len(labels) for _, labels in iterate_batches(data.train_images, data.train_labels, 4, drop_last=True)]
+    sizes = [len(labels) for _, labels, _ in iterate_batches(data.train_images, data.train_labels, 4, drop_last=True)]
     assert sizes == [4, 4] and batches_per_epoch(10, 4, True) == 2 and batches_per_epoch(10, 4, False) == 3
+
+
+def test_indices_point_at_the_samples() -> None:
+    data = dataset(10)
+    generator = torch.Generator().manual_seed(3)
+    for images, labels, index in iterate_batches(data.train_images, data.train_labels, 4, generator=generator):
+        assert torch.equal(images, data.train_images[index]) and torch.equal(labels, data.train_labels[index])

@@ -61,8 +61,8 @@ def test_feature_and_relation_losses_train_their_adapters(tmp_path) -> None:
     schedule["distill"] = {
         "losses": [
             {"name": "cross_entropy", "weight": 1.0},
-            {"name": "fitnet", "weight": 0.5, "params": {"student_layer": "features.0", "teacher_layer": "features.3"}},
-            {"name": "rkd_distance", "weight": 1.0, "params": {"student_layer": "flatten", "teacher_layer": "flatten"}},
+            {"name": "fitnet", "weight": 0.5, "params": {"layers": [{"student": "features.0", "teacher": "features.3"}]}},
+            {"name": "rkd_distance", "weight": 1.0, "params": {"layers": [{"student": "flatten", "teacher": "flatten"}]}},
         ]
     }
     path = write_schedule(tmp_path, schedule)
@@ -74,7 +74,7 @@ def test_feature_and_relation_losses_train_their_adapters(tmp_path) -> None:
 
 def test_wrong_layer_path_fails_before_training(tmp_path) -> None:
     schedule = tiny_schedule()
-    schedule["distill"] = {"losses": [{"name": "fitnet", "params": {"student_layer": "features.99", "teacher_layer": "features.0"}}]}
+    schedule["distill"] = {"losses": [{"name": "fitnet", "params": {"layers": [{"student": "features.99", "teacher": "features.0"}]}}]}
     path = write_schedule(tmp_path, schedule)
     with pytest.raises(LayerError) as error:
         run_schedule(path, out=tmp_path / "run", quiet=True)

@@ -142,3 +142,81 @@ def test_collapse_to_chance_is_detected(tmp_path) -> None:
     schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
     with pytest.raises(TrainingError, match="collapsed"):
         _run(tmp_path, schedule)
+
+
+class ProbeParams(Params):
+    pretrain_epochs: int = Field(0, description="Epochs of the pre-training phase.")
+
+
+class ProbeLoss(LossTerm):
+    """Records what the trainer hands a term; its pre-training phase trains only its own scale."""
+
+    needs_teacher = False
+    seen: list[dict] = []
+
+    def __init__(self, params: ProbeParams) -> None:
+        super().__init__()
+        self.pretrain_epochs = params.pretrain_epochs
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.student_layers = ["logits"]
+        self.ended = False
+
+    def build(self, context) -> None:
+        ProbeLoss.seen.append({"build": context.student_shapes["logits"], "samples": context.num_train_samples})
+
+    def forward(self, outputs):
+        ProbeLoss.seen.append({"epoch": outputs.epoch, "epochs": outputs.epochs, "indices": outputs.indices})
+        return (outputs.student.features["logits"] - outputs.student.logits).abs().sum() + 0 * self.scale
+
+    def pretrain_loss(self, outputs):
+        return (self.scale - 3.0) ** 2 + 0 * outputs.student.logits.sum()
+
+    def end_pretraining(self) -> None:
+        self.ended = True
+
+    def current_values(self, epoch, epochs):
+        return {"probe": float(epoch)}
+
+
+class ProbePlugin:
+    @hookimpl
+    def kdframe_register_losses(self):
+        return [LossSpec(name="probe", summary="test probe", factory=ProbeLoss, params=ProbeParams, family="label")]
+
+
+def test_terms_get_epochs_indices_logits_tap_and_scheduled_weights(tmp_path) -> None:
+    ProbeLoss.seen = []
+    schedule = tiny_schedule(**{"training.epochs": 3})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    schedule["distill"] = {
+        "scratch_losses": [
+            {"name": "cross_entropy", "weight": {"schedule": "linear", "start": 0.0, "end": 1.0, "epochs": 2}},
+            {"name": "probe", "weight": 0.5},
+        ]
+    }
+    recorder = HookRecorder()
+    _run(tmp_path, schedule, ("probe", ProbePlugin()), ("recorder", recorder))
+    assert ProbeLoss.seen[0] == {"build": torch.Size([2, 4]), "samples": 128}
+    steps = ProbeLoss.seen[1:]
+    assert {s["epoch"] for s in steps} == {0, 1, 2} and {s["epochs"] for s in steps} == {3}
+    first_epoch = torch.cat([s["indices"] for s in steps if s["epoch"] == 0])
+    assert sorted(first_epoch.tolist()) == list(range(128))
+    epoch_metrics = [details["metrics"] for name, details in recorder.calls if name == "epoch_end"]
+    assert [m["weight/cross_entropy"] for m in epoch_metrics] == [0.0, 0.5, 1.0]
+    assert [m["param/probe/probe"] for m in epoch_metrics] == [0.0, 1.0, 2.0]
+    batch = next(details["metrics"] for name, details in recorder.calls if name == "batch_end")
+    assert batch["loss"] == pytest.approx(0.5 * batch["loss/probe"])  # CE has weight 0 in epoch 0
+
+
+def test_a_declared_pretraining_phase_runs_as_its_own_stage(tmp_path) -> None:
+    schedule = tiny_schedule(**{"training.epochs": 1})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    schedule["distill"] = {"scratch_losses": [{"name": "cross_entropy"}, {"name": "probe", "params": {"pretrain_epochs": 2}}]}
+    experiment, results = _run(tmp_path, schedule, ("probe", ProbePlugin()))
+    assert [(r.stage, r.model, r.epochs_run) for r in results] == [("student-pretrain", "student", 2), ("student", "student", 1)]
+    pretrain, main = experiment.setups
+    assert pretrain.phase == "pretrain" and [w.name for w in pretrain.terms] == ["probe"]
+    probe = pretrain.terms[0].term
+    assert probe is main.terms[1].term and probe.ended
+    assert probe.scale.item() != 1.0  # the phase trained the term's own parameter
+    assert (tmp_path / "run" / "stages" / "00-student-pretrain" / "student.pt").is_file()

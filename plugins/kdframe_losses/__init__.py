@@ -20,13 +20,25 @@ kdframe's public API, like a third-party plugin would.
 from __future__ import annotations
 
 from kdframe import LossSpec, hookimpl
-from kdframe_losses.feature import FITNET
-from kdframe_losses.label import CROSS_ENTROPY
-from kdframe_losses.relation import RKD_DISTANCE
-from kdframe_losses.response import HINTON_KD
+from kdframe_losses import (
+    activation_boundaries,
+    attention,
+    crd,
+    factor_transfer,
+    feature,
+    label,
+    nst,
+    ofd,
+    relation,
+    response,
+    vid,
+)
+
+#: Modules in the order their components are listed; each exposes ``SPECS``.
+MODULES = (label, response, feature, attention, nst, vid, ofd, factor_transfer, activation_boundaries, relation, crd)
 
 
 @hookimpl
 def kdframe_register_losses() -> list[LossSpec]:
-    """Register ``cross_entropy``, ``hinton_kd``, ``fitnet`` and ``rkd_distance``."""
-    return [CROSS_ENTROPY, HINTON_KD, FITNET, RKD_DISTANCE]
+    """Register every loss strategy of this plugin."""
+    return [spec for module in MODULES for spec in module.SPECS]

@@ -1,18 +1,21 @@
-"""``fitnet``: feature-based distillation with a FitNets hint.
+"""``fitnet``: feature-based distillation with FitNets hints, plus helpers shared by the feature terms.
 
 Romero et al. (2015), "FitNets: Hints for Thin Deep Nets", ICLR 2015, arXiv:1412.6550. The output
 of a student layer (the *guided* layer) is mapped by a trainable regressor ``r`` to the shape of a
-teacher layer's output (the *hint*), and the term is their mean squared error::
+teacher layer's output (the *hint*), and the term is their mean squared error. With several layer
+pairs (``layers``, one regressor per pair) the term is the mean over the pairs::
 
-    fitnet = mean over all elements of ( pool(r(f_s)) - pool(f_t) )^2
-           = (1 / (N * C_t * H * W)) * sum_{n,c,h,w} ( ... )^2        (4-D maps)
-           = (1 / (N * D_t)) * sum_{n,d} ( r(f_s)[n,d] - f_t[n,d] )^2  (2-D features)
+    fitnet   = (1 / P) * sum_{p=1..P} mse_p
+    mse_p    = mean over all elements of ( pool(r_p(f_s)) - pool(f_t) )^2
+             = (1 / (N * C_t * H * W)) * sum_{n,c,h,w} ( ... )^2        (4-D maps)
+             = (1 / (N * D_t)) * sum_{n,d} ( r_p(f_s)[n,d] - f_t[n,d] )^2  (2-D features)
 
 Note the reduction is the mean over *every* element (``F.mse_loss``), not the sum per sample that the
-paper writes with a 1/2 factor; pick the schedule weight accordingly.
+paper writes with a 1/2 factor; pick the schedule weight accordingly. The paper uses one hint (one
+pair); with several pairs the mean keeps a weight's meaning when pairs are added.
 
-Regressors (``regressor`` param), built in :meth:`FitNetLoss.build` from the shapes of the dry run
-and trained with the student:
+Regressors (``regressor`` param, the same kind for every pair), built in :meth:`FitNetLoss.build`
+from the shapes of the dry run and trained with the student:
 
 * ``conv1x1`` (default): ``Conv2d(C_s, C_t, 1)`` for feature maps (N, C, H, W).
 * ``conv3x3``: ``Conv2d(C_s, C_t, 3, padding=1)``, which keeps the spatial size.
@@ -31,13 +34,17 @@ and 4, or different batch sizes are a :class:`kdframe.errors.LayerError` naming 
 their shapes. Outputs of other ranks (e.g. token sequences) work with ``regressor: none`` only when
 their shapes are equal.
 
-Batch size 1 works like any other. Gradients reach the student and the regressor; the teacher's
+Batch size 1 works like any other. Gradients reach the student and the regressors; the teacher's
 features are detached. The term learns from the stage's first teacher.
+
+The helpers below (layer pairs, 4-D checks, spatial matching) are shared with the other feature
+terms of this plugin (``at``, ``nst``, ``vid``, ``ofd``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +52,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdframe import ComponentError, LayerError, LossSpec, LossTerm, Params, StepOutputs
+from kdframe.losses import BuildContext, LayerPair
 from kdframe_losses._common import (
     compute_dtype,
     layer_output,
@@ -53,101 +61,171 @@ from kdframe_losses._common import (
     shape_text,
 )
 
+# -- helpers shared by the feature terms -------------------------------------------------------------
+
+#: Placeholder layer pairs for the specs' ``example`` params.
+#: Example pairs for a plain_cnn student of depth 2 and teacher of depth 6 (the docs and benchmarks):
+#: conv blocks at 14x14 and at 28x28.
+EXAMPLE_LAYERS = [
+    {"student": "features.2", "teacher": "features.4"},
+    {"student": "features.0", "teacher": "features.1"},
+]
+
+
+def layers_field(what: str) -> Any:
+    """The ``layers`` field of a feature term's params: at least one (student, teacher) pair."""
+    return Field(
+        min_length=1,
+        description=(
+            "Pairs of layers to distil, each {'student': path, 'teacher': path} with module paths "
+            "from named_modules() (the teacher path names a layer of the stage's first teacher). "
+            f"{what} The term is the mean over the pairs."
+        ),
+    )
+
+
+def layer_paths(pairs: Sequence[LayerPair]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The distinct student and teacher paths of ``pairs``, in order of first appearance."""
+    student = tuple(dict.fromkeys(pair.student for pair in pairs))
+    teacher = tuple(dict.fromkeys(pair.teacher for pair in pairs))
+    return student, teacher
+
+
+def pair_error(term: str, pair: LayerPair, student: Sequence[int], teacher: Sequence[int], why: str) -> LayerError:
+    """A :class:`LayerError` naming both layers of a pair and their output shapes."""
+    return LayerError(
+        f"{term} cannot compare student layer '{pair.student}' (output shape {shape_text(tuple(student))}) "
+        f"with teacher layer '{pair.teacher}' (output shape {shape_text(tuple(teacher))}): {why}"
+    )
+
+
+def pair_shapes(context: BuildContext, pair: LayerPair, term: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The dry-run shapes of a pair's layers (a :class:`LayerError` when one was not reported)."""
+    student = tuple(layer_shape(context.student_shapes, pair.student, "student", term))
+    teacher = tuple(layer_shape(context.teacher_shapes, pair.teacher, "teacher", term))
+    return student, teacher
+
+
+def check_maps(term: str, pair: LayerPair, student: Sequence[int], teacher: Sequence[int]) -> None:
+    """Raise a :class:`LayerError` unless both outputs are feature maps (N, C, H, W) of one batch size."""
+    if len(student) != 4 or len(teacher) != 4:
+        raise pair_error(
+            term,
+            pair,
+            student,
+            teacher,
+            f"it needs feature maps (N, C, H, W) from both layers, got {len(student)}-D and "
+            f"{len(teacher)}-D outputs. Choose convolutional layers (not 'logits' or a flattened or "
+            "linear layer).",
+        )
+    if student[0] != teacher[0]:
+        raise pair_error(term, pair, student, teacher, "their batch sizes differ.")
+
+
+def common_size(student: Sequence[int], teacher: Sequence[int]) -> tuple[int, int]:
+    """The spatial size both maps are brought to: ``(min(H_s, H_t), min(W_s, W_t))``."""
+    return (min(student[-2], teacher[-2]), min(student[-1], teacher[-1]))
+
+
+def pool_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Adaptive average pooling of a map (N, C, H, W) to ``size``; the map itself when it has that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.adaptive_avg_pool2d(x, size)
+
+
+def match_spatial(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Pool the larger of two maps down to the smaller size (per dimension), the other unchanged."""
+    size = common_size(tuple(student.shape), tuple(teacher.shape))
+    return pool_to(student, size), pool_to(teacher, size)
+
+
+def pair_features(outputs: StepOutputs, pair: LayerPair, term: str) -> tuple[Tensor, Tensor]:
+    """The student's output (with gradients) and the first teacher's output (detached) of a pair."""
+    student = layer_output(outputs.student, pair.student, "student", term)
+    teacher = layer_output(outputs.teacher, pair.teacher, "teacher", term).detach()
+    return student, teacher
+
+
+def describe_pairs(pairs: Sequence[LayerPair]) -> str:
+    """``s1->t1, s2->t2`` for ``extra_repr``."""
+    return ", ".join(f"{pair.student}->{pair.teacher}" for pair in pairs)
+
+
+# -- fitnet -------------------------------------------------------------------------------------------
+
 Regressor = Literal["conv1x1", "conv3x3", "linear", "none"]
 
 
 class FitNetParams(Params):
     """Params of ``fitnet``."""
 
-    student_layer: str = Field(
-        min_length=1,
-        description=(
-            "Module path of the student's guided layer (a name from named_modules(), e.g. "
-            "'features.3'); its output is regressed onto the hint."
-        ),
-    )
-    teacher_layer: str = Field(
-        min_length=1,
-        description=(
-            "Module path of the hint layer in the stage's first teacher (e.g. 'features.6'); its "
-            "output is the target."
-        ),
+    layers: list[LayerPair] = layers_field(
+        "Each student layer (the guided layer) is regressed onto its teacher layer (the hint); "
+        "both give feature maps (N, C, H, W) or vectors (N, D)."
     )
     regressor: Regressor = Field(
         "conv1x1",
         description=(
-            "Adapter from student to teacher channels: 'conv1x1' (default), 'conv3x3' (padding 1), "
-            "'linear' (same as conv1x1 on feature maps), or 'none' (channels must match). On (N, D) "
-            "vectors every choice but 'none' is a Linear layer."
+            "Adapter from student to teacher channels, one per pair: 'conv1x1' (default), 'conv3x3' "
+            "(padding 1), 'linear' (same as conv1x1 on feature maps), or 'none' (channels must "
+            "match). On (N, D) vectors every choice but 'none' is a Linear layer."
         ),
     )
 
 
-def _spatial_target(student: tuple[int, ...], teacher: tuple[int, ...]) -> tuple[int, int]:
-    return (min(student[-2], teacher[-2]), min(student[-1], teacher[-1]))
-
-
-def _pool_to(x: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.adaptive_avg_pool2d(x, size)
-
-
 class FitNetLoss(LossTerm):
-    """Mean squared error between the regressed student feature and the teacher's hint."""
+    """Mean squared error between regressed student features and the teacher's hints, averaged over pairs."""
 
     needs_teacher = True
 
     def __init__(self, params: FitNetParams) -> None:
         super().__init__()
-        self.student_layer = params.student_layer
-        self.teacher_layer = params.teacher_layer
+        self.pairs: list[LayerPair] = list(params.layers)
         self.regressor_kind: str = params.regressor
-        self.student_layers = (params.student_layer,)
-        self.teacher_layers = (params.teacher_layer,)
-        # The adapter; created by build() unless regressor is "none".
-        self.regressor: nn.Module = nn.Identity()
+        self.student_layers, self.teacher_layers = layer_paths(self.pairs)
+        # One adapter per pair, created by build() (identities for regressor "none").
+        self.regressors = nn.ModuleList([nn.Identity() for _ in self.pairs])
         self.built = False
 
     # -- checks ---------------------------------------------------------------------------------
 
-    def _incompatible(self, student: tuple[int, ...], teacher: tuple[int, ...], why: str) -> LayerError:
-        return LayerError(
-            f"fitnet cannot compare student layer '{self.student_layer}' (output shape "
-            f"{shape_text(student)}) with teacher layer '{self.teacher_layer}' (output shape "
-            f"{shape_text(teacher)}): {why}"
-        )
-
-    def _check(self, student: tuple[int, ...], teacher: tuple[int, ...]) -> None:
+    def _check(self, pair: LayerPair, student: tuple[int, ...], teacher: tuple[int, ...]) -> None:
         """Raise a LayerError when the two outputs cannot be compared with this regressor."""
         if len(student) != len(teacher):
-            raise self._incompatible(
+            raise pair_error(
+                "fitnet",
+                pair,
                 student,
                 teacher,
                 f"their ranks differ ({len(student)}-D vs {len(teacher)}-D). Choose two layers whose "
                 "outputs are both feature maps (N, C, H, W) or both vectors (N, D).",
             )
         if len(student) < 2:
-            raise self._incompatible(
-                student, teacher, "outputs need a batch dimension and at least one feature dimension."
+            raise pair_error(
+                "fitnet", pair, student, teacher, "outputs need a batch dimension and at least one feature dimension."
             )
         if student[0] != teacher[0]:
-            raise self._incompatible(student, teacher, "their batch sizes differ.")
+            raise pair_error("fitnet", pair, student, teacher, "their batch sizes differ.")
         if self.regressor_kind == "none":
             if len(student) == 4:
                 if student[1] != teacher[1]:
-                    raise self._incompatible(
+                    raise pair_error(
+                        "fitnet",
+                        pair,
                         student,
                         teacher,
                         f"regressor 'none' needs equal channels ({student[1]} vs {teacher[1]}); "
                         "use regressor 'conv1x1'.",
                     )
             elif student[1:] != teacher[1:]:
-                raise self._incompatible(
-                    student, teacher, "regressor 'none' needs equal shapes; use regressor 'linear'."
+                raise pair_error(
+                    "fitnet", pair, student, teacher, "regressor 'none' needs equal shapes; use regressor 'linear'."
                 )
         elif len(student) not in (2, 4):
-            raise self._incompatible(
+            raise pair_error(
+                "fitnet",
+                pair,
                 student,
                 teacher,
                 f"regressor '{self.regressor_kind}' works on feature maps (N, C, H, W) or vectors "
@@ -156,40 +234,43 @@ class FitNetLoss(LossTerm):
 
     # -- the LossTerm interface -----------------------------------------------------------------
 
-    def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
-        """Create the regressor from the guided layer's channels to the hint's channels."""
-        student = tuple(layer_shape(student_shapes, self.student_layer, "student", "fitnet"))
-        teacher = tuple(layer_shape(teacher_shapes, self.teacher_layer, "teacher", "fitnet"))
-        self._check(student, teacher)
-        kind = self.regressor_kind
-        if kind == "none":
-            self.regressor = nn.Identity()
-        elif len(student) == 2:
-            self.regressor = nn.Linear(student[1], teacher[1])
-        elif kind == "conv3x3":
-            self.regressor = nn.Conv2d(student[1], teacher[1], kernel_size=3, padding=1)
-        else:  # conv1x1 and linear: a linear map of the channels at every position
-            self.regressor = nn.Conv2d(student[1], teacher[1], kernel_size=1)
+    def build(self, context: BuildContext) -> None:
+        """Create one regressor per pair, from the guided layer's channels to the hint's channels."""
+        regressors: list[nn.Module] = []
+        for pair in self.pairs:
+            student, teacher = pair_shapes(context, pair, "fitnet")
+            self._check(pair, student, teacher)
+            kind = self.regressor_kind
+            if kind == "none":
+                regressors.append(nn.Identity())
+            elif len(student) == 2:
+                regressors.append(nn.Linear(student[1], teacher[1]))
+            elif kind == "conv3x3":
+                regressors.append(nn.Conv2d(student[1], teacher[1], kernel_size=3, padding=1))
+            else:  # conv1x1 and linear: a linear map of the channels at every position
+                regressors.append(nn.Conv2d(student[1], teacher[1], kernel_size=1))
+        self.regressors = nn.ModuleList(regressors)
         self.built = True
 
-    def forward(self, outputs: StepOutputs) -> Tensor:
-        require_teacher(outputs.teachers, "fitnet")
-        student = layer_output(outputs.student, self.student_layer, "student", "fitnet")
-        teacher = layer_output(outputs.teacher, self.teacher_layer, "teacher", "fitnet").detach()
-        if not self.built and self.regressor_kind != "none":
-            raise ComponentError(
-                f"fitnet with regressor '{self.regressor_kind}' was called before build(): the core "
-                "must call build(student_shapes, teacher_shapes) after the dry run and before training, "
-                "so that the regressor exists and is optimised with the student."
+    def _pair_loss(self, pair: LayerPair, regressor: nn.Module, outputs: StepOutputs) -> Tensor:
+        student, teacher = pair_features(outputs, pair, "fitnet")
+        self._check(pair, tuple(student.shape), tuple(teacher.shape))
+        expected = getattr(regressor, "in_channels", getattr(regressor, "in_features", student.shape[1]))
+        if student.shape[1] != expected:
+            raise pair_error(
+                "fitnet",
+                pair,
+                tuple(student.shape),
+                tuple(teacher.shape),
+                f"the regressor was built for {expected} student channels, not {student.shape[1]}.",
             )
-        self._check(tuple(student.shape), tuple(teacher.shape))
-        regressed = self.regressor(student)
+        regressed = regressor(student)
         if regressed.dim() == 4:
-            size = _spatial_target(tuple(regressed.shape), tuple(teacher.shape))
-            regressed = _pool_to(regressed, size)
-            teacher = _pool_to(teacher, size)
+            regressed, teacher = match_spatial(regressed, teacher)
         if regressed.shape != teacher.shape:
-            raise self._incompatible(
+            raise pair_error(
+                "fitnet",
+                pair,
                 tuple(student.shape),
                 tuple(teacher.shape),
                 f"the regressor built for other shapes gives {shape_text(regressed.shape)}.",
@@ -197,11 +278,19 @@ class FitNetLoss(LossTerm):
         dtype = compute_dtype(regressed, teacher)
         return F.mse_loss(regressed.to(dtype), teacher.to(dtype))
 
+    def forward(self, outputs: StepOutputs) -> Tensor:
+        require_teacher(outputs.teachers, "fitnet")
+        if not self.built and self.regressor_kind != "none":
+            raise ComponentError(
+                f"fitnet with regressor '{self.regressor_kind}' was called before build(): the core "
+                "must call build(context) after the dry run and before training, so that the "
+                "regressors exist and are optimised with the student."
+            )
+        losses = [self._pair_loss(pair, reg, outputs) for pair, reg in zip(self.pairs, self.regressors)]
+        return torch.stack(losses).mean()
+
     def extra_repr(self) -> str:
-        return (
-            f"student_layer={self.student_layer!r}, teacher_layer={self.teacher_layer!r}, "
-            f"regressor={self.regressor_kind!r}"
-        )
+        return f"layers=[{describe_pairs(self.pairs)}], regressor={self.regressor_kind!r}"
 
 
 def make_fitnet(params: FitNetParams) -> FitNetLoss:
@@ -211,8 +300,17 @@ def make_fitnet(params: FitNetParams) -> FitNetLoss:
 
 FITNET = LossSpec(
     name="fitnet",
-    summary="FitNets hint (Romero et al. 2015): MSE between a regressed student layer and a teacher layer.",
+    summary="FitNets hints (Romero et al. 2015): MSE between regressed student layers and teacher layers.",
     factory=make_fitnet,
     params=FitNetParams,
     family="feature",
+    reference='Romero et al. 2015, "FitNets: Hints for Thin Deep Nets", ICLR 2015, arXiv:1412.6550',
+    example={"layers": EXAMPLE_LAYERS, "regressor": "conv1x1"},
+    layers=(
+        "feature maps (N, C, H, W) or vectors (N, D), the same rank in each pair; channels and "
+        "spatial sizes may differ"
+    ),
+    weight=100.0,
+    label_weight=1.0,
 )
+SPECS = [FITNET]

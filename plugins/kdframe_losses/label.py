@@ -63,4 +63,8 @@ CROSS_ENTROPY = LossSpec(
     factory=make_cross_entropy,
     params=CrossEntropyParams,
     family="label",
+    reference="The supervised baseline; label smoothing: Szegedy et al. 2016, arXiv:1512.00567.",
+    example={"label_smoothing": 0.0},
+    layers="logits (student only)",
 )
+SPECS = [CROSS_ENTROPY]

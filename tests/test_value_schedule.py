@@ -1,0 +1,39 @@
+"""Values scheduled over epochs: loss weights and params such as temperatures."""
+
+import pytest
+from pydantic import ValidationError
+
+from kdframe.value_schedule import ValueSchedule, describe_value, value_at
+
+
+def test_numbers_are_constants() -> None:
+    assert value_at(0.9, 0, 10) == 0.9 and value_at(0.9, 9, 10) == 0.9
+
+
+def test_linear_warm_up_as_in_dkd() -> None:
+    warm_up = ValueSchedule(schedule="linear", start=0.0, end=1.0, epochs=20)
+    assert [value_at(warm_up, e, 100) for e in (0, 10, 20, 50)] == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_linear_and_cosine_default_to_the_whole_stage() -> None:
+    linear = ValueSchedule(schedule="linear", start=8.0, end=2.0)
+    assert value_at(linear, 0, 5) == 8.0 and value_at(linear, 2, 5) == 5.0 and value_at(linear, 4, 5) == 2.0
+    cosine = ValueSchedule(schedule="cosine", start=8.0, end=2.0)
+    assert value_at(cosine, 0, 5) == pytest.approx(8.0)
+    assert value_at(cosine, 2, 5) == pytest.approx(5.0)
+    assert value_at(cosine, 4, 5) == pytest.approx(2.0)
+
+
+def test_step_and_constant() -> None:
+    step = ValueSchedule(schedule="step", start=4.0, milestones=[2, 4], gamma=0.5)
+    assert [value_at(step, e, 6) for e in range(6)] == [4.0, 4.0, 2.0, 2.0, 1.0, 1.0]
+    assert value_at(ValueSchedule(schedule="constant", start=3.0), 5, 6) == 3.0
+
+
+def test_validation_and_description() -> None:
+    with pytest.raises(ValidationError, match="needs 'end'"):
+        ValueSchedule(schedule="linear", start=0.0)
+    with pytest.raises(ValidationError):
+        ValueSchedule(schedule="linear", start=0.0, end=1.0, extra=1)
+    assert describe_value(0.5) == "0.5"
+    assert describe_value(ValueSchedule(schedule="linear", start=0, end=1, epochs=20)) == "linear(0->1 over 20 epochs)"
