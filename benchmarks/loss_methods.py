@@ -25,6 +25,7 @@ from typing import Any
 from kdframe import hookimpl
 from kdframe.plugins import create_plugins
 from kdframe.runner import run_schedule
+from kdframe.value_schedule import as_json
 
 
 class EpochTimer:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         schedule["distill"] = {
             "losses": [
                 {"name": "cross_entropy", "weight": spec.label_weight},
-                {"name": spec.name, "weight": spec.weight, "params": spec.example},
+                {"name": spec.name, "weight": as_json(spec.weight), "params": spec.example},
             ]
         }
         try:
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((spec.name, spec.family, row, seconds))
         print(f"{spec.name}: {row['final_test_acc']:.2f} %", file=sys.stderr)
 
-    print(f"| method | family | final test acc % | best test acc % | s/epoch |")
-    print(f"|---|---|---|---|---|")
+    print("| method | family | final test acc % | best test acc % | s/epoch |")
+    print("|---|---|---|---|---|")
     for name, family, row, seconds in rows:
         if row is None:
             print(f"| {name} | {family} | failed | failed | - |")

@@ -4,7 +4,15 @@ The public API for plugin authors is re-exported here: the hook markers, the com
 ``Params`` base class, the loss, data and curriculum interfaces, and the errors.
 """
 
-from kdframe.curriculum import Curriculum, StagePlan, distill_stage, scratch_stage, teacher_stages
+from kdframe.curriculum import (
+    Curriculum,
+    StagePlan,
+    distill_stage,
+    scratch_stage,
+    snapshot_key,
+    split_snapshot,
+    teacher_stages,
+)
 from kdframe.data import DataInfo, InMemoryDataset
 from kdframe.errors import (
     CheckpointError,
@@ -67,6 +75,8 @@ __all__ = [
     "distill_stage",
     "hookimpl",
     "scratch_stage",
+    "snapshot_key",
+    "split_snapshot",
     "teacher_stages",
     "value_at",
     "__version__",

@@ -8,30 +8,64 @@ terms. The core checks every plan with :func:`check_plan` before training starts
 * a model is trained at most once; a later stage reuses it as a teacher;
 * every teacher either has a checkpoint or is trained by an earlier stage;
 * a model that has a checkpoint is not trained again;
-* terms that need a teacher are not used in a stage without one.
+* terms that need a teacher are not used in a stage without one;
+* a teacher named ``model@N`` (the snapshot of ``model`` after its N-th epoch, as for
+  early-stopped teachers) is kept by the earlier stage that trains ``model``;
+* an ``ensemble`` stage evaluates models that already exist, and trains nothing.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Literal
 
 from kdframe.errors import ScheduleError
 from kdframe.registry import Registry
-from kdframe.schedule import LossConfig, Schedule
+from kdframe.schedule import LossConfig, ModelConfig, Schedule
+
+SNAPSHOT_SEPARATOR = "@"
+
+
+def snapshot_key(model: str, epoch: int) -> str:
+    """The name of ``model``'s snapshot after its ``epoch``-th epoch (1-based): ``model@epoch``."""
+    return f"{model}{SNAPSHOT_SEPARATOR}{epoch}"
+
+
+def split_snapshot(key: str) -> tuple[str, int | None]:
+    """``("teacher", 3)`` for ``"teacher@3"``; ``(key, None)`` for a plain model name."""
+    model, sep, epoch = key.rpartition(SNAPSHOT_SEPARATOR)
+    if sep and epoch.isdigit() and model:
+        return model, int(epoch)
+    return key, None
 
 
 @dataclass(frozen=True)
 class StagePlan:
     """One stage: train ``student`` with ``losses``, taught by ``teachers`` (schedule model keys).
 
-    ``name`` defaults to the student's key; per-stage training overrides (``training.stages``) use it.
+    Attributes:
+        student: The model the stage trains (for an ``ensemble`` stage: the name of its result row).
+        teachers: The models that teach it (``model@N`` names a snapshot); for an ``ensemble`` stage,
+            its members.
+        losses: The loss terms.
+        name: The stage's name; defaults to the student's key. Per-stage training overrides
+            (``training.stages``) use it.
+        kind: ``train``, or ``ensemble`` to evaluate the mean of the members' softmax outputs.
+        snapshots: 1-based epochs after which a copy of the student is kept as ``student@N``.
+        teacher_dropout: Probability that each teacher but the first is left out of a batch
+            (densely guided KD); the first teacher, the one feature and relation terms tap, always stays.
+        teacher_weights: Relative weights of the teachers for terms that combine them; empty: equal.
     """
 
     student: str
     teachers: tuple[str, ...]
     losses: tuple[LossConfig, ...]
     name: str = ""
+    kind: Literal["train", "ensemble"] = "train"
+    snapshots: tuple[int, ...] = ()
+    teacher_dropout: float = 0.0
+    teacher_weights: tuple[float, ...] = ()
 
     @property
     def stage_name(self) -> str:
@@ -43,7 +77,28 @@ class Curriculum(abc.ABC):
 
     @abc.abstractmethod
     def plan(self, schedule: Schedule) -> list[StagePlan]:
-        """Return the stages of ``schedule`` in the order they run."""
+        """Return the stages of ``schedule`` in the order they run.
+
+        ``schedule.models`` already includes the models of :meth:`extra_models`.
+        """
+
+    def extra_models(self, schedule: Schedule) -> dict[str, ModelConfig]:
+        """Models the curriculum adds to the schedule's (e.g. born-again generations). Default: none."""
+        return {}
+
+
+def with_extra_models(schedule: Schedule, curriculum: Curriculum, name: str) -> Schedule:
+    """``schedule`` with the curriculum's extra models added; a name clash is an error."""
+    extra = curriculum.extra_models(schedule)
+    clash = sorted(set(extra) & set(schedule.models))
+    if clash:
+        raise ScheduleError(
+            f"Curriculum '{name}' adds models named {', '.join(clash)}, which the schedule already "
+            "defines; rename those models."
+        )
+    if not extra:
+        return schedule
+    return schedule.model_copy(update={"models": {**schedule.models, **extra}})
 
 
 def scratch_stage(schedule: Schedule, model: str) -> StagePlan:
@@ -73,16 +128,27 @@ def check_plan(schedule: Schedule, stages: list[StagePlan], registry: Registry, 
     if not stages:
         problems.append("the curriculum produced no stages")
     seen_names: set[str] = set()
-    trained: set[str] = set()
+    trained: dict[str, StagePlan] = {}
+    available = ", ".join(sorted(schedule.models))
     for index, stage in enumerate(stages):
         label = f"stage {index} ('{stage.stage_name}')"
         if stage.stage_name in seen_names:
             problems.append(f"{label}: a second stage with this name")
         seen_names.add(stage.stage_name)
+        if stage.kind == "ensemble":
+            problems += _check_ensemble(schedule, stage, label, trained)
+            continue
         for key in (stage.student, *stage.teachers):
-            if key not in schedule.models:
-                available = ", ".join(sorted(schedule.models))
-                problems.append(f"{label}: model '{key}' is not in models (defined: {available})")
+            model, epoch = split_snapshot(key)
+            if model not in schedule.models:
+                problems.append(f"{label}: model '{model}' is not in models (defined: {available})")
+            elif epoch is not None and (model not in trained or epoch not in trained[model].snapshots):
+                problems.append(
+                    f"{label}: teacher '{key}' is a snapshot of '{model}' after epoch {epoch}, but no "
+                    "earlier stage trains that model and keeps that snapshot"
+                )
+        if split_snapshot(stage.student)[1] is not None:
+            problems.append(f"{label}: a snapshot ('{stage.student}') cannot be trained")
         if stage.student in trained:
             problems.append(f"{label}: model '{stage.student}' is already trained by an earlier stage")
         config = schedule.models.get(stage.student)
@@ -99,16 +165,29 @@ def check_plan(schedule: Schedule, stages: list[StagePlan], registry: Registry, 
                 problems.append(
                     f"{label}: teacher '{teacher}' has no checkpoint and no earlier stage trains it"
                 )
+        training = schedule.training.for_stage(stage.stage_name)
+        for epoch in stage.snapshots:
+            if not 1 <= epoch <= training.epochs:
+                problems.append(f"{label}: snapshot epoch {epoch} is outside the stage's 1..{training.epochs} epochs")
+        if not 0.0 <= stage.teacher_dropout < 1.0:
+            problems.append(f"{label}: teacher_dropout {stage.teacher_dropout} must be in [0, 1)")
+        if stage.teacher_weights and (
+            len(stage.teacher_weights) != len(stage.teachers)
+            or min(stage.teacher_weights) < 0
+            or sum(stage.teacher_weights) <= 0
+        ):
+            problems.append(
+                f"{label}: teacher_weights {list(stage.teacher_weights)} must be one non-negative weight "
+                f"per teacher ({len(stage.teachers)}), not all zero"
+            )
         if not stage.teachers:
             for loss in stage.losses:
-                if loss.name in registry.components["loss"]:
-                    term_needs_teacher = _needs_teacher(registry, loss)
-                    if term_needs_teacher:
-                        problems.append(
-                            f"{label}: loss '{loss.name}' needs a teacher but this stage has none "
-                            "(stages without a teacher use distill.scratch_losses)"
-                        )
-        trained.add(stage.student)
+                if loss.name in registry.components["loss"] and _needs_teacher(registry, loss):
+                    problems.append(
+                        f"{label}: loss '{loss.name}' needs a teacher but this stage has none "
+                        "(stages without a teacher use distill.scratch_losses)"
+                    )
+        trained[stage.student] = stage
     for override in schedule.training.stages:
         # '<stage>-pretrain' names the pre-training phase a loss term may add before a stage.
         if override not in seen_names and override.removesuffix("-pretrain") not in seen_names:
@@ -118,6 +197,21 @@ def check_plan(schedule: Schedule, stages: list[StagePlan], registry: Registry, 
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise ScheduleError(f"Curriculum '{curriculum}' cannot run this schedule:\n{listing}")
+
+
+def _check_ensemble(schedule: Schedule, stage: StagePlan, label: str, trained: dict[str, StagePlan]) -> list[str]:
+    problems = []
+    if len(stage.teachers) < 2:
+        problems.append(f"{label}: an ensemble needs at least two members")
+    if stage.student in schedule.models:
+        problems.append(f"{label}: the ensemble's name '{stage.student}' is already a model's name")
+    for member in stage.teachers:
+        config = schedule.models.get(member)
+        if config is None:
+            problems.append(f"{label}: ensemble member '{member}' is not in models")
+        elif config.checkpoint is None and member not in trained:
+            problems.append(f"{label}: ensemble member '{member}' has no checkpoint and no earlier stage trains it")
+    return problems
 
 
 def _needs_teacher(registry: Registry, loss: LossConfig) -> bool:

@@ -81,6 +81,8 @@ class StepOutputs:
         epochs: The number of epochs of the stage (for schedules such as a temperature's).
         indices: Int64 positions of the batch's samples in the training split (for memory banks
             such as CRD's); ``None`` when the samples do not come from the training split.
+        teacher_weights: Relative weights of ``teachers`` (a multi-teacher stage's); empty means
+            equal. Terms that combine teachers use :meth:`average_over_teachers`.
     """
 
     student: ModelOutputs
@@ -89,6 +91,16 @@ class StepOutputs:
     epoch: int = 0
     epochs: int = 1
     indices: Tensor | None = None
+    teacher_weights: tuple[float, ...] = ()
+
+    def average_over_teachers(self, values: Sequence[Tensor]) -> Tensor:
+        """Combine per-teacher values: the weighted mean with ``teacher_weights``, else the mean."""
+        if len(values) == 1:
+            return values[0]
+        if self.teacher_weights:
+            total = sum(self.teacher_weights)
+            return sum((w / total) * v for w, v in zip(self.teacher_weights, values))  # type: ignore[return-value]
+        return torch.stack(list(values)).mean()
 
     @property
     def teacher(self) -> ModelOutputs:

@@ -65,7 +65,8 @@ class LossSpec(ComponentSpec):
             ``teacher.layer`` (a second pair: ``student.layer2``/``teacher.layer2``).
         layers: One line on the layers the term needs (``"logits"``, ``"feature maps (N, C, H, W)"``...).
         weight: A suggested weight (from the paper or its authors' code, for this implementation's
-            reduction), used by the docs and benchmarks.
+            reduction), used by the docs and benchmarks: a number, or a
+            :class:`~kdframe.value_schedule.ValueSchedule` such as DKD's warm-up.
         label_weight: The weight of ``cross_entropy`` that ``weight`` goes with (0.1 for Hinton-style
             KD, whose weights are ``1 - alpha`` and ``alpha``; 1 for most feature and relation terms).
     """
@@ -75,7 +76,7 @@ class LossSpec(ComponentSpec):
     reference: str = ""
     example: dict[str, Any] = field(default_factory=dict)
     layers: str = "logits"
-    weight: float = 1.0
+    weight: Any = 1.0
     label_weight: float = 1.0
 
 

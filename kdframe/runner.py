@@ -7,6 +7,7 @@ and every loss term's layers and adapters (built from a dry run). Only then is t
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -22,9 +23,10 @@ import torch
 from torch import nn
 
 from kdframe import checkpoints
-from kdframe.curriculum import StagePlan, check_plan
+from kdframe.curriculum import StagePlan, check_plan, snapshot_key, split_snapshot, with_extra_models
+from kdframe.ensemble import SoftmaxEnsemble
 from kdframe.data import InMemoryDataset
-from kdframe.errors import ComponentError, DataError, KdframeError, RunFolderError
+from kdframe.errors import ComponentError, DataError, KdframeError, RunFolderError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import BuildContext
 from kdframe.value_schedule import describe_value
@@ -95,12 +97,19 @@ def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, A
     curriculum = curriculum_spec.factory(
         component_params(registry, "curriculum", schedule.curriculum.name, schedule.curriculum.params, "curriculum")
     )
+    schedule = with_extra_models(schedule, curriculum, schedule.curriculum.name)
     stages = curriculum.plan(schedule)
     check_plan(schedule, stages, registry, schedule.curriculum.name)
 
     seed_everything(schedule.seed)
     data = load_data(schedule, plugins)
     models = build_models(schedule, plugins, data)
+    # A snapshot teacher ('model@N') is a copy of its model, loaded with the snapshot when it is taken.
+    for plan in stages:
+        for key in plan.teachers:
+            model, epoch = split_snapshot(key)
+            if epoch is not None and key not in models:
+                models[key] = copy.deepcopy(models[model])
     experiment = Experiment(schedule, resolved_schedule, plugins, data, models, stages)
     setups = [setup for plan in stages for setup in build_stage(experiment, plan)]
     for index, setup in enumerate(setups):
@@ -158,6 +167,8 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
     Returns the stage's setup, preceded by a pre-training phase when one of its terms declares one.
     """
     schedule, registry = experiment.schedule, experiment.plugins.registry
+    if plan.kind == "ensemble":
+        return [ensemble_stage(experiment, plan)]
     student = experiment.models[plan.student]
     teachers = [experiment.models[key] for key in plan.teachers]
     labels = _term_labels([loss.name for loss in plan.losses])
@@ -229,8 +240,40 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
             }
         )
         setups.append(StageSetup(pre_info, student, teachers, pretraining, student_tap, teacher_tap, pre_training, "pretrain"))
-    setups.append(StageSetup(info, student, teachers, terms, student_tap, teacher_tap, training))
+    setups.append(
+        StageSetup(
+            info,
+            student,
+            teachers,
+            terms,
+            student_tap,
+            teacher_tap,
+            training,
+            snapshots=plan.snapshots,
+            teacher_dropout=plan.teacher_dropout,
+            teacher_weights=plan.teacher_weights,
+        )
+    )
     return setups
+
+
+def ensemble_stage(experiment: Experiment, plan: StagePlan) -> StageSetup:
+    """A stage that evaluates the mean softmax of already trained models."""
+    schedule = experiment.schedule
+    members = [experiment.models[key] for key in plan.teachers]
+    training = schedule.training.for_stage(plan.stage_name)
+    info = StageInfo(
+        index=0,
+        name=plan.stage_name,
+        student=plan.student,
+        arch="ensemble",
+        teachers=tuple(plan.teachers),
+        epochs=0,
+        losses=(),
+        hparams={"members": ",".join(plan.teachers), "dataset": schedule.data.dataset, "seed": schedule.seed},
+        folder="",
+    )
+    return StageSetup(info, SoftmaxEnsemble(members), members, [], None, None, training, phase="ensemble")
 
 
 def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any) -> dict[str, Any]:
@@ -328,50 +371,10 @@ def execute(experiment: Experiment, folder: Path, *, quiet: bool = False) -> lis
             if control.stop_run:
                 break
             current = setup.info
-            started = time.perf_counter()
-            stage_folder = Path(setup.info.folder)
-            stage_folder.mkdir(parents=True, exist_ok=True)
-            model_config = schedule.models[setup.info.student]
-            params = component_params(plugins.registry, "model", model_config.arch, model_config.params, "")
-            params_json = params.model_dump(mode="json")
-
-            def snapshot(model: nn.Module, epoch: int, stage_folder: Path = stage_folder) -> Path:
-                path = stage_folder / f"epoch-{epoch}.pt"
-                checkpoints.save_model(path, model, key=setup.info.student, arch=model_config.arch, params=params_json)
-                return path
-
-            trainer = Trainer(
-                setup,
-                data,
-                run=run,
-                hook=plugins.hook,
-                device=device,
-                batch_size=schedule.data.batch_size,
-                eval_batch_size=schedule.data.eval_batch_size,
-                seed=schedule.seed,
-                save_snapshot=snapshot,
-            )
-            outcome = trainer.train()
-            checkpoint = stage_folder / "student.pt"
-            checkpoints.save_model(checkpoint, setup.student, key=setup.info.student, arch=model_config.arch, params=params_json)
-            result = StageResult(
-                stage=setup.info.name,
-                model=setup.info.student,
-                arch=setup.info.arch,
-                teachers=setup.info.teachers,
-                epochs=setup.info.epochs,
-                epochs_run=outcome.epochs_run,
-                final_test_acc=round(outcome.final_test_acc, 4),
-                best_test_acc=round(outcome.best_test_acc, 4),
-                best_epoch=outcome.best_epoch,
-                params=count_parameters(setup.student),
-                wall_time_s=round(time.perf_counter() - started, 3),
-                checkpoint=os.path.relpath(checkpoint, folder),
-                collapsed=outcome.collapsed,
-            )
+            result, stop_run = run_stage(experiment, setup, run, folder, data, device)
             results.append(result)
             write_results(folder, schedule.name, results, finished=False)
-            stage_control = Control(stop_run=outcome.stop_run)
+            stage_control = Control(stop_run=stop_run)
             plugins.hook.kdframe_on_stage_end(run=run, stage=setup.info, result=result, control=stage_control)
             control.stop_run = stage_control.stop_run
             current = None
@@ -388,6 +391,74 @@ def execute(experiment: Experiment, folder: Path, *, quiet: bool = False) -> lis
         for name in logger_names:
             plugins.unregister(name)
     return results
+
+
+def run_stage(
+    experiment: Experiment, setup: StageSetup, run: RunInfo, folder: Path, data: InMemoryDataset, device: torch.device
+) -> tuple[StageResult, bool]:
+    """Train (or, for an ensemble, evaluate) one stage, save its student and snapshots; return its
+    result and whether a hook asked to stop the run."""
+    schedule, plugins = experiment.schedule, experiment.plugins
+    started = time.perf_counter()
+    stage_folder = Path(setup.info.folder)
+    stage_folder.mkdir(parents=True, exist_ok=True)
+    key = setup.info.student
+    save: Any = None
+    if setup.phase != "ensemble":
+        model_config = schedule.models[key]
+        params = component_params(plugins.registry, "model", model_config.arch, model_config.params, "")
+
+        def save(path: Path, model: nn.Module) -> None:
+            checkpoints.save_model(path, model, key=key, arch=model_config.arch, params=params.model_dump(mode="json"))
+
+    taken: set[int] = set()
+
+    def snapshot(model: nn.Module, epoch: int) -> Path:
+        path = stage_folder / f"epoch-{epoch}.pt"
+        save(path, model)
+        copy_key = snapshot_key(key, epoch)
+        if copy_key in experiment.models:  # a later stage learns from this snapshot
+            experiment.models[copy_key].load_state_dict(model.state_dict())
+        taken.add(epoch)
+        return path
+
+    trainer = Trainer(
+        setup,
+        data,
+        run=run,
+        hook=plugins.hook,
+        device=device,
+        batch_size=schedule.data.batch_size,
+        eval_batch_size=schedule.data.eval_batch_size,
+        seed=schedule.seed,
+        save_snapshot=snapshot,
+    )
+    outcome = trainer.train()
+    missing = sorted(set(setup.snapshots) - taken)
+    if missing:
+        raise TrainingError(
+            f"Stage '{setup.info.name}' ended after {outcome.epochs_run} epoch(s), before the snapshot "
+            f"of epoch(s) {missing} that a later stage learns from."
+        )
+    checkpoint = stage_folder / "student.pt"
+    if save is not None:
+        save(checkpoint, setup.student)
+    result = StageResult(
+        stage=setup.info.name,
+        model=key,
+        arch=setup.info.arch,
+        teachers=setup.info.teachers,
+        epochs=setup.info.epochs,
+        epochs_run=outcome.epochs_run,
+        final_test_acc=round(outcome.final_test_acc, 4),
+        best_test_acc=round(outcome.best_test_acc, 4),
+        best_epoch=outcome.best_epoch,
+        params=count_parameters(setup.student),
+        wall_time_s=round(time.perf_counter() - started, 3),
+        checkpoint=os.path.relpath(checkpoint, folder) if save is not None else "",
+        collapsed=outcome.collapsed,
+    )
+    return result, outcome.stop_run
 
 
 def run_schedule(

@@ -52,8 +52,12 @@ class StageSetup:
         student_tap: Records the student layers the terms asked for (or ``None``).
         teacher_tap: Records the first teacher's layers the terms asked for (or ``None``).
         training: The stage's training settings.
-        phase: ``"train"``, or ``"pretrain"`` for a term's pre-training phase, which optimises the
-            terms' ``pretrain_loss`` (with weight 1) and the student only when a term asks for it.
+        phase: ``"train"``; ``"pretrain"`` for a term's pre-training phase, which optimises the
+            terms' ``pretrain_loss`` (with weight 1) and the student only when a term asks for it; or
+            ``"ensemble"``, which only evaluates ``student`` (a :class:`SoftmaxEnsemble`).
+        snapshots: 1-based epochs after which the student is saved as a snapshot.
+        teacher_dropout: Probability that each teacher but the first sits out a batch.
+        teacher_weights: Relative weights of the teachers for terms that combine them.
     """
 
     info: StageInfo
@@ -63,7 +67,10 @@ class StageSetup:
     student_tap: FeatureTap | None
     teacher_tap: FeatureTap | None
     training: TrainingConfig
-    phase: Literal["train", "pretrain"] = "train"
+    phase: Literal["train", "pretrain", "ensemble"] = "train"
+    snapshots: tuple[int, ...] = ()
+    teacher_dropout: float = 0.0
+    teacher_weights: tuple[float, ...] = ()
 
 
 @dataclass
@@ -174,6 +181,8 @@ class Trainer:
         student, teachers = setup.student, setup.teachers
         for teacher in teachers:
             freeze_teacher(teacher)
+        if setup.phase == "ensemble":
+            return self._evaluate_only()
         trains_student = setup.phase == "train" or any(w.term.pretrain_trains_student for w in setup.terms)
         parameters = [p for p in student.parameters() if p.requires_grad] if trains_student else []
         parameters += [p for weighted in setup.terms for p in weighted.term.parameters() if p.requires_grad]
@@ -225,7 +234,7 @@ class Trainer:
             }
             self._fire("kdframe_on_epoch_end", state=self.state)
             outcome.history.append(dict(self.state.metrics))
-            if self.control.save_checkpoint:
+            if self.control.save_checkpoint or epoch + 1 in setup.snapshots:
                 self.save_snapshot(student, epoch + 1)
                 self.control.save_checkpoint = False
             warmed_up = epoch + 1 > config.lr_schedule.warmup_epochs
@@ -264,11 +273,31 @@ class Trainer:
                 values[f"param/{weighted.name}/{key}"] = float(value)
         return values
 
-    def _forward_teachers(self, images: Tensor) -> list[ModelOutputs]:
+    def _evaluate_only(self) -> StageOutcome:
+        """An ensemble stage: evaluate once, train nothing."""
+        self._fire("kdframe_on_stage_start")
+        test_acc, test_loss = evaluate(
+            self.setup.student, self.data.test_images, self.data.test_labels, self.eval_batch_size,
+            self.setup.training.channels_last,
+        )
+        self.state.metrics = {"test/acc": test_acc, "test/loss": test_loss}
+        self.state.best_test_acc = test_acc
+        self._fire("kdframe_on_eval_end", state=self.state)
+        return StageOutcome(0, test_acc, test_acc, 0, False, self.control.stop_run)
+
+    def _kept_teachers(self, generator: torch.Generator) -> list[int]:
+        """Indices of the teachers that teach this batch: all, or a random subset that keeps the first."""
+        count = len(self.setup.teachers)
+        if self.setup.teacher_dropout <= 0 or count < 2:
+            return list(range(count))
+        keep = torch.rand(count - 1, generator=generator) >= self.setup.teacher_dropout
+        return [0] + [index + 1 for index, kept in enumerate(keep.tolist()) if kept]
+
+    def _forward_teachers(self, images: Tensor, kept: list[int]) -> list[ModelOutputs]:
         outputs = []
         with torch.no_grad():
-            for index, teacher in enumerate(self.setup.teachers):
-                logits = teacher(images)
+            for index in kept:
+                logits = self.setup.teachers[index](images)
                 tap = self.setup.teacher_tap if index == 0 else None
                 outputs.append(ModelOutputs(logits, tap.take() if tap else {}))
         return outputs
@@ -310,11 +339,19 @@ class Trainer:
             self.state.batch, self.state.samples = batch, int(labels.shape[0])
             self._fire("kdframe_on_batch_start", state=self.state)
 
-            teacher_outputs = self._forward_teachers(images)
+            kept = self._kept_teachers(generator)
+            teacher_outputs = self._forward_teachers(images, kept)
             logits = student(images)
             student_features = setup.student_tap.take() if setup.student_tap else {}
+            teacher_weights = tuple(setup.teacher_weights[i] for i in kept) if setup.teacher_weights else ()
             outputs = StepOutputs(
-                ModelOutputs(logits, student_features), teacher_outputs, labels, epoch, config.epochs, indices
+                ModelOutputs(logits, student_features),
+                teacher_outputs,
+                labels,
+                epoch,
+                config.epochs,
+                indices,
+                teacher_weights,
             )
             if pretraining:
                 values = [weighted.term.pretrain_loss(outputs) for weighted in setup.terms]

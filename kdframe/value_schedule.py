@@ -72,3 +72,10 @@ def describe_value(value: ScheduledFloat) -> str:
         return f"step({value.start:g}, x{value.gamma:g} at {value.milestones})"
     span = f" over {value.epochs:g} epochs" if value.epochs is not None else ""
     return f"{value.schedule}({value.start:g}->{value.end:g}{span})"
+
+
+def as_json(value: ScheduledFloat) -> float | dict[str, object]:
+    """The schedule-file form of a value: the number, or the schedule's object without unset keys."""
+    if isinstance(value, ValueSchedule):
+        return value.model_dump(mode="json", exclude_defaults=True, exclude_none=True) | {"schedule": value.schedule}
+    return float(value)

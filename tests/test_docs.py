@@ -36,3 +36,15 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert commands[0].strip() == "./scripts/setup.sh && .venv/bin/kdframe run examples/quickstart.json"
     assert commands[1].strip() == "./scripts/setup.sh && .venv/bin/python -m pytest"
     assert commands[1].strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_methods_reference_is_generated_from_the_installed_losses() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("methods_doc", ROOT / "scripts" / "methods_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (ROOT / "docs" / "methods.md").read_text()
+    assert module.updated(text, create_plugins().registry) == text, "run: python scripts/methods_doc.py"
+    for name in create_plugins().registry.names("loss"):
+        assert f"### `{name}`" in text

@@ -1,13 +1,13 @@
-"""kdframe's first-party loss strategies, one per family of Gou et al. (2020):
+"""kdframe's first-party loss strategies, in the three families of Gou et al. (2020).
 
-==============  =========  ===============================================================
-name            family     term
-==============  =========  ===============================================================
-cross_entropy   label      CE(s, y), optional label smoothing; needs no teacher
-hinton_kd       response   T^2 * KL(softmax(t/T) || softmax(s/T)), Hinton et al. 2015
-fitnet          feature    MSE(r(f_s), f_t) with a trained regressor r, Romero et al. 2015
-rkd_distance    relation   Huber(psi_s, psi_t) of normalised pairwise distances, Park et al. 2019
-==============  =========  ===============================================================
+* label: ``cross_entropy``
+* response (logits): ``hinton_kd``, ``dkd``, ``dist``, ``logit_standard_kd``
+* feature (intermediate maps, with adapters): ``fitnet``, ``at``, ``nst``, ``vid``, ``ofd``, ``ft``
+  (pre-training phase: paraphraser), ``ab`` (pre-training phase: initialisation)
+* relation (between samples): ``rkd_distance``, ``rkd_angle``, ``sp``, ``cc``, ``pkt``, ``crd``
+
+Each module documents its terms' formulas, references, reductions and edge cases; docs/methods.md
+lists them all with a JSON snippet each.
 
 A stage's loss is ``sum(weight_i * term_i)`` with the weights in the schedule; Hinton's classic
 ``(1 - a) * CE + a * T^2 * KL`` is ``cross_entropy`` with weight ``1 - a`` plus ``hinton_kd`` with

@@ -43,7 +43,7 @@ from torch import Tensor
 from kdframe import LossSpec, LossTerm, Params, StepOutputs
 from kdframe.losses import BuildContext, LayerPair
 from kdframe_losses._common import compute_dtype, require_teacher
-from kdframe_losses.feature import (
+from kdframe_losses._pairs import (
     EXAMPLE_LAYERS,
     check_maps,
     describe_pairs,

@@ -62,8 +62,7 @@ from torch import Tensor, nn
 from kdframe import ComponentError, LayerError, LossSpec, LossTerm, Params, StepOutputs
 from kdframe.losses import BuildContext, LayerPair
 from kdframe_losses._common import compute_dtype, require_teacher, shape_text
-from kdframe_losses.feature import (
-    EXAMPLE_LAYERS,
+from kdframe_losses._pairs import (
     check_maps,
     describe_pairs,
     layer_paths,

@@ -1,7 +1,7 @@
 """Response-based distillation: terms that compare the student's logits with the teachers'.
 
 Every term here reads only the models' outputs (logits of shape ``(N, K)``: ``N`` samples, ``K``
-classes), needs at least one teacher, and with several teachers (an ensemble) is the **mean of the
+classes), needs at least one teacher, and with several teachers (an ensemble) is the **(weighted) mean of the
 per-teacher values**. Teacher logits are detached, so no gradient ever reaches a teacher. Terms
 compute in at least float32 (half-precision logits are promoted; float64 stays float64). Weights
 live in the schedule, not in the terms; a temperature may itself follow a schedule over the stage's
@@ -133,7 +133,7 @@ class _ResponseTerm(LossTerm):
                     "teacher and student must predict the same classes."
                 )
             values.append(self.per_teacher(student, teacher.logits.detach(), outputs))
-        return values[0] if len(values) == 1 else torch.stack(values).mean()
+        return outputs.average_over_teachers(values)
 
     def per_teacher(self, student: Tensor, teacher: Tensor, outputs: StepOutputs) -> Tensor:
         """The term for one teacher (``teacher`` is already detached)."""
@@ -391,7 +391,7 @@ DKD = LossSpec(
     reference="Zhao, Cui, Song, Qiu & Liang 2022, Decoupled Knowledge Distillation, CVPR 2022, arXiv:2203.08679",
     example={"alpha": 1.0, "beta": 8.0, "temperature": 4.0},
     layers="logits (and the labels)",
-    weight=1.0,
+    weight=ValueSchedule(schedule="linear", start=0.0, end=1.0, epochs=20),
     label_weight=1.0,
 )
 DIST = LossSpec(

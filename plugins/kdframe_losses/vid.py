@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from kdframe import ComponentError, LossSpec, LossTerm, Params, StepOutputs
 from kdframe.losses import BuildContext, LayerPair
 from kdframe_losses._common import compute_dtype, require_teacher, shape_text
-from kdframe_losses.feature import (
+from kdframe_losses._pairs import (
     EXAMPLE_LAYERS,
     check_maps,
     describe_pairs,

@@ -14,7 +14,7 @@ import torch
 from pydantic import ValidationError
 
 import kdframe_losses
-from kdframe import ComponentError, LayerError, LossSpec, LossTerm, ModelOutputs, StepOutputs
+from kdframe import ComponentError, LayerError, LossTerm, ModelOutputs, StepOutputs
 from kdframe.losses import BuildContext
 from kdframe.plugins import create_plugins
 
