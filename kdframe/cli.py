@@ -1,4 +1,4 @@
-"""The ``kdframe`` command line: run, validate, plugins, schema.
+"""The ``kdframe`` command line: run, validate, plugins, schema, sweep, report.
 
 Errors caused by input (a bad schedule, missing data, an unknown component...) print one clear
 paragraph and exit with status 2; ``--debug`` adds the traceback. Any other exception is a bug: it
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 import warnings
@@ -76,6 +77,31 @@ def _parser() -> argparse.ArgumentParser:
     plugins.add_argument("--kind", choices=["loss", "model", "curriculum", "dataset", "logger"], help="only this kind")
     plugins.add_argument("--params", action="store_true", help="also list each component's params (type, default, description)")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a base schedule's variants over several seeds and report mean ± std",
+        description="Run an experiment sweep: SWEEP.json names a base schedule, a list of seeds and named "
+        "variants (overrides merged into the base). Every (variant, seed) schedule is validated in full "
+        "before anything trains. A model that several runs would train identically (same architecture, "
+        "teachers, losses, training settings, data and seed) is trained once and reused. Runs go "
+        "seed-major into <out>/<variant>/seed-<seed>/; sweep.json records what was shared, and "
+        "results.csv, results.md and results.png hold the report, whose table is printed at the end. "
+        "See docs/experiments.md.",
+    )
+    sweep.add_argument("sweep", metavar="SWEEP.json", help="the sweep file")
+    sweep.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/<sweep name>-<timestamp>); must not hold files")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; only the plan, one line per run and the final table")
+    sweep.add_argument("--seeds", metavar="LIST", help="comma-separated seeds that replace the sweep file's, e.g. --seeds 0,1")
+
+    report = commands.add_parser(
+        "report",
+        help="rebuild a sweep's report, or print a run's stage table",
+        description="DIR is a sweep folder (written by 'kdframe sweep'): rebuild results.csv, results.md "
+        "and results.png from its run folders and print the Markdown table, listing the runs that are "
+        "missing. Or DIR is a run folder (written by 'kdframe run'): print its stage table.",
+    )
+    report.add_argument("folder", metavar="DIR", help="a sweep folder or a run folder")
 
     schema = commands.add_parser(
         "schema",
@@ -178,7 +204,35 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "plugins": _cmd_plugins, "schema": _cmd_schema}
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, markdown
+    from kdframe.sweep import parse_seeds, run_sweep
+
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    folder, report = run_sweep(args.sweep, out=args.out, quiet=args.quiet, seeds=seeds)
+    print()
+    print(markdown(report))
+    print(f"Sweep folder: {folder}")
+    print(f"Report: {', '.join(str(folder / name) for name in (RESULTS_MD, RESULTS_CSV, RESULTS_PNG))}")
+    print(f"TensorBoard: tensorboard --logdir {folder}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kdframe.report import report_text
+
+    print(report_text(args.folder))
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "plugins": _cmd_plugins,
+    "schema": _cmd_schema,
+    "sweep": _cmd_sweep,
+    "report": _cmd_report,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +243,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_INPUT_ERROR
     if not args.debug:
-        warnings.simplefilter("default")
         warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"  # type: ignore[assignment]
     try:
         return COMMANDS[args.command](args)
@@ -198,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except BrokenPipeError:  # output piped into a command that stopped reading (e.g. head)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return EXIT_BUG
     except KeyboardInterrupt:
         print("\ninterrupted; finished stages and results.json are kept in the run folder.", file=sys.stderr)
         return EXIT_INTERRUPTED

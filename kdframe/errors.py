@@ -47,6 +47,10 @@ class TrainingError(KdframeError):
     """Training cannot continue (a non-finite loss, a collapse with ``on_collapse: stop``)."""
 
 
+class SweepError(KdframeError):
+    """A sweep file is malformed, one of its variants does not validate, or its runs cannot share."""
+
+
 def suggest(name: str, choices: Iterable[str], limit: int = 3) -> str:
     """Return a sentence suggesting the closest of ``choices`` to ``name``, or an empty string."""
     matches = difflib.get_close_matches(name, list(choices), n=limit, cutoff=0.5)

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,6 +60,12 @@ class Experiment:
     stages: list[StagePlan]
     setups: list[StageSetup] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def derived_seed(seed: int, name: str) -> int:
+    """A seed for one named thing (a model, a stage) that depends only on the run's seed and the name,
+    so that a model or stage is the same whatever else the schedule holds (sweeps share them)."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
 
 
 def seed_everything(seed: int) -> None:
@@ -131,11 +138,15 @@ def load_data(schedule: Schedule, plugins: Plugins) -> InMemoryDataset:
 
 
 def build_models(schedule: Schedule, plugins: Plugins, data: InMemoryDataset) -> dict[str, nn.Module]:
-    """Instantiate every model of the schedule (in schedule order) and load checkpoints."""
+    """Instantiate every model of the schedule and load checkpoints.
+
+    Each model's initial weights depend only on the seed and the model's name.
+    """
     models: dict[str, nn.Module] = {}
     for key, config in schedule.models.items():
         spec = plugins.registry.spec("model", config.arch)
         params = component_params(plugins.registry, "model", config.arch, config.params, f"models.{key}")
+        torch.manual_seed(derived_seed(schedule.seed, f"model:{key}"))
         try:
             model = spec.factory(params, data.info)
         except KdframeError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -315,7 +316,9 @@ class Trainer:
         student.train(setup.phase == "train" or any(w.term.pretrain_trains_student for w in setup.terms))
         for weighted in setup.terms:
             weighted.term.train()
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + setup.info.index * 10_007 + epoch)
+        # Shuffling depends on the seed, the stage's name and the epoch only (not on other stages).
+        stage_seed = (self.seed * 1_000_003 + zlib.crc32(setup.info.name.encode())) % 2**62
+        generator = torch.Generator().manual_seed(stage_seed * 10_007 + epoch)
         train_count = int(self.data.train_labels.shape[0])
         term_sums = torch.zeros(len(setup.terms), dtype=torch.float64)
         loss_sum = 0.0

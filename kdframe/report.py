@@ -1,0 +1,432 @@
+"""Reports of sweeps, built from the sweep folder alone so that they can be rebuilt at any time.
+
+For each variant, the report takes the row of the variant's report model (or each run's last stage)
+from every seed's ``results.json`` and gives the mean and sample standard deviation (n - 1) over
+seeds of its final-epoch and best-epoch test accuracy, its parameter count, the mean wall time per
+seed of the stages each run trained itself, and the number of seeds. It writes ``results.csv``,
+``results.md`` (a Markdown table, a line on sharing and the runs that are missing) and
+``results.png`` (accuracy by variant with standard-deviation error bars). ``sweep.json`` supplies the
+variants, seeds, report stage of each run and what was shared; without it the variants and seeds are
+discovered from the ``<variant>/seed-<N>/`` folders and each finished run's last stage is reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdframe.errors import SweepError
+from kdframe.results import RESULTS_FILE, format_table
+
+SWEEP_FILE = "sweep.json"
+SCHEDULE_FILE = "schedule.json"
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+RESULTS_PNG = "results.png"
+CSV_COLUMNS = [
+    "variant",
+    "model",
+    "stage",
+    "seeds",
+    "seeds_expected",
+    "final_acc_mean",
+    "final_acc_std",
+    "best_acc_mean",
+    "best_acc_std",
+    "params",
+    "wall_time_s_mean",
+    "missing_seeds",
+    "collapsed_seeds",
+]
+NOTE = (
+    "Accuracy: test accuracy (%) of each variant's report model, mean ± sample standard deviation "
+    "(n - 1) over seeds (n/a with one seed); *final* is the last epoch of each run, *best* its best "
+    "epoch. Time / seed: mean over seeds of the wall time of the stages each run trained itself "
+    "(models reused from other runs are not counted)."
+)
+_SEED_FOLDER = re.compile(r"^seed-(\d+)$")
+
+
+@dataclass
+class VariantRow:
+    """The numbers of one variant over its seeds."""
+
+    variant: str
+    model: str = ""
+    stage: str = ""
+    expected: int = 0
+    seeds: list[int] = field(default_factory=list)
+    final: list[float] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+    wall_times: list[float] = field(default_factory=list)
+    params: int | None = None
+    missing: list[int] = field(default_factory=list)
+    collapsed: list[int] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @staticmethod
+    def _mean(values: list[float]) -> float | None:
+        return statistics.fmean(values) if values else None
+
+    @staticmethod
+    def _std(values: list[float]) -> float | None:
+        return statistics.stdev(values) if len(values) >= 2 else None
+
+    @property
+    def final_mean(self) -> float | None:
+        return self._mean(self.final)
+
+    @property
+    def final_std(self) -> float | None:
+        return self._std(self.final)
+
+    @property
+    def best_mean(self) -> float | None:
+        return self._mean(self.best)
+
+    @property
+    def best_std(self) -> float | None:
+        return self._std(self.best)
+
+    @property
+    def wall_time_mean(self) -> float | None:
+        return self._mean(self.wall_times)
+
+
+@dataclass
+class SweepReport:
+    """A sweep's report: one row per variant, the missing runs and what was shared."""
+
+    folder: Path
+    name: str
+    description: str
+    rows: list[VariantRow]
+    missing: list[tuple[str, int, str]]
+    sharing: list[str]
+    has_plan: bool
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the folders
+# ---------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SweepError(f"Cannot read {what} '{path}': {error}.") from None
+
+
+def _discovered_runs(folder: Path) -> dict[str, list[int]]:
+    """``{variant: [seeds]}`` from ``<variant>/seed-<N>/`` folders."""
+    found: dict[str, list[int]] = {}
+    try:
+        children = sorted(child for child in folder.iterdir() if child.is_dir())
+    except OSError:
+        return found
+    for child in children:
+        try:
+            seeds = sorted(int(match.group(1)) for sub in child.iterdir() if sub.is_dir() and (match := _SEED_FOLDER.match(sub.name)))
+        except OSError:
+            continue
+        if seeds:
+            found[child.name] = seeds
+    return found
+
+
+def is_sweep_folder(folder: Path) -> bool:
+    """A folder with ``sweep.json``, or with ``<variant>/seed-<N>/`` run folders."""
+    return folder.is_dir() and ((folder / SWEEP_FILE).is_file() or bool(_discovered_runs(folder)))
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder written by ``kdframe run`` (``results.json`` or ``schedule.json``)."""
+    return folder.is_dir() and ((folder / RESULTS_FILE).is_file() or (folder / SCHEDULE_FILE).is_file())
+
+
+def _sharing_lines(runs: list[dict[str, Any]]) -> list[str]:
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for run in runs:
+        for entry in run.get("reuses", []):
+            key = (entry.get("from", "?"), entry.get("from_stage", entry.get("stage", "?")), entry.get("model", "?"))
+            groups.setdefault(key, []).append(run.get("folder", f"{run.get('variant')}/seed-{run.get('seed')}"))
+    lines = []
+    for (source, stage, model), users in groups.items():
+        model_text = f"`{model}`" if model == stage else f"`{model}` (stage `{stage}`)"
+        lines.append(f"{model_text} trained once in {source}, reused by {', '.join(users)}")
+    return lines
+
+
+def collect(folder: str | Path) -> SweepReport:
+    """Read a sweep folder's runs into a :class:`SweepReport` (nothing is written)."""
+    folder = Path(folder)
+    if not is_sweep_folder(folder):
+        raise SweepError(_not_a_report_folder(folder))
+    plan: dict[str, Any] | None = None
+    if (folder / SWEEP_FILE).is_file():
+        plan = _read_json(folder / SWEEP_FILE, "sweep file")
+        if not isinstance(plan, dict) or not isinstance(plan.get("variants"), dict) or not isinstance(plan.get("seeds"), list):
+            raise SweepError(f"'{folder / SWEEP_FILE}' is not a sweep.json written by kdframe (no variants and seeds).")
+        variants = list(plan["variants"])
+        seeds_of = {variant: list(plan["seeds"]) for variant in variants}
+        runs = {(run.get("variant"), run.get("seed")): run for run in plan.get("runs", []) if isinstance(run, dict)}
+        name, description = str(plan.get("name", folder.name)), str(plan.get("description", ""))
+    else:
+        seeds_of = _discovered_runs(folder)
+        variants = list(seeds_of)
+        runs = {}
+        name, description = folder.name, ""
+
+    rows: list[VariantRow] = []
+    missing: list[tuple[str, int, str]] = []
+    for variant in variants:
+        row = VariantRow(variant, expected=len(seeds_of[variant]))
+        for seed in seeds_of[variant]:
+            run = runs.get((variant, seed), {})
+            stage = run.get("report_stage")
+            why = _add_seed(row, folder / variant / f"seed-{seed}", seed, stage)
+            if why:
+                row.missing.append(seed)
+                missing.append((variant, seed, why))
+            if not row.stage and stage:
+                row.stage, row.model = stage, run.get("report_model", stage)
+        rows.append(row)
+    sharing = _sharing_lines(list(runs.values())) if plan is not None else []
+    return SweepReport(folder, name, description, rows, missing, sharing, plan is not None)
+
+
+def _add_seed(row: VariantRow, run_folder: Path, seed: int, stage: str | None) -> str:
+    """Add one seed's numbers to ``row``; return why it is missing, or an empty string."""
+    path = run_folder / RESULTS_FILE
+    if not run_folder.is_dir():
+        return "not run"
+    if not path.is_file():
+        return "no results.json"
+    try:
+        results = json.loads(path.read_text())
+        stages = results["stages"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return "unreadable results.json"
+    if stage:
+        matches = [item for item in stages if item.get("stage") == stage]
+        if not matches:
+            return f"stage '{stage}' not finished" if not results.get("finished") else f"no stage '{stage}'"
+        chosen = matches[-1]
+    else:
+        if not results.get("finished") or not stages:
+            return "run not finished"
+        chosen = stages[-1]
+    try:
+        final, best = float(chosen["final_test_acc"]), float(chosen["best_test_acc"])
+        wall = sum(float(item.get("wall_time_s", 0.0)) for item in stages)
+    except (KeyError, TypeError, ValueError):
+        return "unreadable results.json"
+    row.seeds.append(seed)
+    row.final.append(final)
+    row.best.append(best)
+    row.wall_times.append(wall)
+    if row.params is None and chosen.get("params") is not None:
+        row.params = int(chosen["params"])
+    if chosen.get("collapsed"):
+        row.collapsed.append(seed)
+    if not row.stage:
+        row.stage, row.model = str(chosen.get("stage", "")), str(chosen.get("model", ""))
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------------
+
+
+def _count(value: int | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1_000_000:
+        return f"{value / 1_000_000:.2f}M"
+    if value >= 1_000:
+        return f"{value / 1_000:.1f}k"
+    return str(value)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 600:
+        return f"{value / 60:.1f} min"
+    return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
+
+
+def _acc(mean: float | None, std: float | None, n: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f} ± n/a"
+
+
+def markdown_table(report: SweepReport) -> str:
+    """The Markdown table: one row per variant."""
+    lines = [
+        "| variant | model | seeds | final acc % | best acc % | params | time / seed |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report.rows:
+        seeds = str(row.n) if row.n == row.expected else f"{row.n}/{row.expected}"
+        final = _acc(row.final_mean, row.final_std, row.n)
+        if row.collapsed:
+            plural = "s" if len(row.collapsed) > 1 else ""
+            final += f" (collapsed: seed{plural} {', '.join(map(str, row.collapsed))})"
+        lines.append(
+            f"| {row.variant} | {row.model or '-'} | {seeds} | {final} | {_acc(row.best_mean, row.best_std, row.n)} "
+            f"| {_count(row.params)} | {_seconds(row.wall_time_mean)} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(report: SweepReport) -> str:
+    """``results.md``: title, table, what the columns mean, sharing and missing runs."""
+    parts = [f"# Sweep `{report.name}`", ""]
+    if report.description:
+        parts += [report.description, ""]
+    parts += [markdown_table(report), "", NOTE, ""]
+    if not report.has_plan:
+        parts.append("Sharing: unknown (no sweep.json in this folder).")
+    elif report.sharing:
+        parts.append("Sharing: " + "; ".join(report.sharing) + ".")
+    else:
+        parts.append("Sharing: none; every run trained all of its stages.")
+    if report.missing:
+        listing = ", ".join(f"{variant} seed {seed} ({why})" for variant, seed, why in report.missing)
+        parts += ["", f"Missing: {listing}."]
+    return "\n".join(parts) + "\n"
+
+
+def _number(value: float | None, *, std: bool = False, n: int = 0) -> str:
+    if value is None:
+        return "n/a" if std and n == 1 else ""
+    return f"{value:.4f}"
+
+
+def csv_text(report: SweepReport) -> str:
+    """``results.csv``: one line per variant (std is ``n/a`` with one seed)."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in report.rows:
+        writer.writerow(
+            [
+                row.variant,
+                row.model,
+                row.stage,
+                row.n,
+                row.expected,
+                _number(row.final_mean),
+                _number(row.final_std, std=True, n=row.n),
+                _number(row.best_mean),
+                _number(row.best_std, std=True, n=row.n),
+                "" if row.params is None else row.params,
+                _number(row.wall_time_mean),
+                " ".join(map(str, row.missing)),
+                " ".join(map(str, row.collapsed)),
+            ]
+        )
+    return stream.getvalue()
+
+
+def write_png(report: SweepReport, path: Path) -> None:
+    """Accuracy by variant: final and best side by side, with std error bars and each seed as a dot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [row for row in report.rows if row.n > 0]
+    figure = Figure(figsize=(max(4.0, 1.3 * len(rows) + 2.0), 4.0), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.38
+    lows = []
+    for offset, label, color, values_of, mean_of, std_of in (
+        (-width / 2, "final epoch", "#4C72B0", lambda r: r.final, lambda r: r.final_mean, lambda r: r.final_std),
+        (width / 2, "best epoch", "#DD8452", lambda r: r.best, lambda r: r.best_mean, lambda r: r.best_std),
+    ):
+        xs = [index + offset for index in range(len(rows))]
+        means = [mean_of(row) for row in rows]
+        errors = [std_of(row) or 0.0 for row in rows]
+        axes.bar(xs, means, width, yerr=errors, capsize=4, label=label, color=color, alpha=0.85)
+        for x, row in zip(xs, rows):
+            axes.scatter([x] * len(values_of(row)), values_of(row), s=10, color="black", zorder=3)
+            lows.append(min(values_of(row)))
+        lows += [mean - error for mean, error in zip(means, errors)]
+    axes.set_xticks(range(len(rows)), [row.variant for row in rows])
+    axes.set_ylabel("test accuracy %")
+    models = sorted({row.model for row in rows if row.model})
+    axes.set_title(f"{report.name}: {', '.join(models) or 'report model'} (mean ± std over seeds)", fontsize=10)
+    if lows:
+        bottom = max(0.0, 5.0 * math.floor((min(lows) - 2.0) / 5.0))
+        top = max(max(row.best_mean or 0.0 for row in rows) + max(row.best_std or 0.0 for row in rows), bottom + 1.0)
+        axes.set_ylim(bottom, min(100.0, top + 2.0) if top < 100.0 else top + 0.5)
+    if not rows:
+        axes.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=axes.transAxes)
+    if rows:
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def write_report(folder: str | Path) -> SweepReport:
+    """Rebuild ``results.csv``, ``results.md`` and ``results.png`` of a sweep folder."""
+    report = collect(folder)
+    try:
+        (report.folder / RESULTS_CSV).write_text(csv_text(report))
+        (report.folder / RESULTS_MD).write_text(markdown(report))
+        write_png(report, report.folder / RESULTS_PNG)
+    except OSError as error:
+        raise SweepError(f"Cannot write the report into '{report.folder}': {error.strerror or error}.") from None
+    return report
+
+
+def _not_a_report_folder(folder: Path) -> str:
+    return (
+        f"'{folder}' is neither a sweep folder (it has no {SWEEP_FILE} and no <variant>/seed-<N>/ run "
+        f"folders) nor a run folder (no {RESULTS_FILE}). Point 'kdframe report' at a folder that "
+        "'kdframe sweep' or 'kdframe run' wrote."
+    )
+
+
+def report_text(folder: str | Path) -> str:
+    """What ``kdframe report DIR`` prints: a sweep's rebuilt report, or a run's stage table."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise SweepError(f"'{folder}' does not exist. Give the folder that 'kdframe sweep' or 'kdframe run' wrote.")
+    if not folder.is_dir():
+        raise SweepError(f"'{folder}' is a file, not a folder. {_not_a_report_folder(folder)}")
+    if (folder / SWEEP_FILE).is_file() or (not is_run_folder(folder) and is_sweep_folder(folder)):
+        report = write_report(folder)
+        written = ", ".join(str(folder / name) for name in (RESULTS_MD, RESULTS_CSV, RESULTS_PNG))
+        return f"{markdown(report)}\nWritten: {written}"
+    if is_run_folder(folder):
+        if not (folder / RESULTS_FILE).is_file():
+            raise SweepError(f"Run folder '{folder}' has no {RESULTS_FILE} yet: no stage has finished.")
+        results = _read_json(folder / RESULTS_FILE, "results file")
+        if not isinstance(results, dict) or not isinstance(results.get("stages"), list):
+            raise SweepError(f"'{folder / RESULTS_FILE}' is not a results.json written by kdframe.")
+        try:
+            table = format_table(results["stages"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise SweepError(f"'{folder / RESULTS_FILE}' has a malformed stage row ({error}).") from None
+        status = "finished" if results.get("finished") else "not finished (a stage is running, or the run stopped)"
+        return f"Run '{results.get('name', folder.name)}' in {folder}: {status}\n\n{table}"
+    raise SweepError(_not_a_report_folder(folder))
+
+
+__all__ = ["SweepReport", "VariantRow", "collect", "csv_text", "markdown", "markdown_table", "report_text", "write_report"]

@@ -1,0 +1,782 @@
+"""Experiment sweeps: one base schedule, several variants, several seeds, shared training.
+
+A sweep file (JSON) names a base schedule (a file, or an inline object), a list of seeds and a set of
+named variants, each a set of overrides merged into the base. :func:`load_sweep` validates every
+(variant, seed) schedule in full (structure, component params, the curriculum's stage plan, data,
+models, checkpoints and layers) and decides, before anything trains, which trained models are shared;
+:func:`run_sweep` then runs every (variant, seed) pair as an ordinary run, into
+``<out>/<variant>/seed-<seed>/``, and writes the report (:mod:`kdframe.report`).
+
+**Sharing.** Every stage of every variant's plan gets a fingerprint: the SHA-256 of canonical JSON
+holding what determines the model it trains: that model's architecture and resolved params, the
+fingerprints of its teachers (recursively; a teacher loaded from a user checkpoint contributes the
+file's size and SHA-256), the stage's loss terms, its resolved training settings (and those of its
+pre-training phase), teacher dropout and weights, the data config, the
+device and the seed (left out for the models named in ``share_across_seeds``). Runs go seed-major
+(every variant of the first seed, then every variant of the next seed...). A model whose stage
+fingerprint was trained by an earlier run is given that run's ``student.pt`` as its ``checkpoint``,
+so the curriculum uses it instead of training it again. Exceptions: a variant's report model is
+always trained by that variant's own run, a model whose snapshots (``model@N``) a later stage learns
+from is not reused, and models that the curriculum adds itself are not reused.
+
+The fingerprint describes the experiment, not the random-number stream: a reused model is the one
+the first run that needed it trained, which a stand-alone run of the variant's schedule reproduces
+up to initialisation and shuffling order (the trainer derives those from the seed and the stage's
+position in its run).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kdframe.curriculum import StagePlan, check_plan, split_snapshot, with_extra_models
+from kdframe.errors import KdframeError, RunFolderError, ScheduleError, SweepError
+from kdframe.plugins import Plugins, create_plugins
+from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, SWEEP_FILE, SweepReport, write_report
+from kdframe.schedule import (
+    NAME_PATTERN,
+    Schedule,
+    component_params,
+    format_validation_error,
+    load_json,
+    parse_schedule,
+    resolved,
+    validate_components,
+)
+
+SWEEP_FORMAT = "kdframe-sweep/1"
+FINGERPRINT_VERSION = 1
+#: Keys of an override object that name a component: restating one gives that component's params whole.
+COMPONENT_KEYS = ("name", "arch", "dataset")
+#: Names a variant cannot take, because the sweep folder holds files of these names.
+RESERVED_NAMES = {SWEEP_FILE, RESULTS_CSV, RESULTS_MD, RESULTS_PNG}
+
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sweep file
+# ---------------------------------------------------------------------------------------------------
+
+
+class SweepConfig(BaseModel):
+    """A sweep: a base schedule, its variants and the seeds every variant runs with."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    schema_url: str | None = Field(None, alias="$schema", description="JSON Schema location for editors; ignored.")
+    name: str = Field(pattern=NAME_PATTERN, max_length=80, description="Sweep name (used in the folder's name).")
+    description: str = Field("", description="Free text.")
+    base: str | dict[str, Any] = Field(
+        description="The base schedule: a file path (relative to the sweep file's folder) or an inline schedule object."
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="Seeds; every variant runs once per seed."
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        min_length=1,
+        description="Variants by name: overrides merged into the base (objects merge, lists and "
+        "values replace; restating a component gives its params whole).",
+    )
+    report_model: str | None = Field(
+        None, description="The model whose stage is each variant's result; default: each run's last stage."
+    )
+    share: bool = Field(True, description="Train a model that several runs would train identically only once.")
+    share_across_seeds: list[str] = Field(
+        default_factory=list,
+        description="Models trained once, with the first seed, and reused for every seed (e.g. [\"teacher\"]).",
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, value: list[int]) -> list[int]:
+        for seed in value:
+            if not 0 <= seed <= 2**32 - 1:
+                raise ValueError(f"seed {seed} must be between 0 and 2**32 - 1")
+        duplicates = sorted({seed for seed in value if value.count(seed) > 1})
+        if duplicates:
+            raise ValueError(f"seed(s) {duplicates} appear more than once")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variants(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in value.items():
+            if not re.fullmatch(NAME_PATTERN, name) or name in RESERVED_NAMES:
+                raise ValueError(
+                    f"variant name '{name}' must use letters, digits, '_', '-' or '.' (it names a folder), "
+                    f"and not be one of {', '.join(sorted(RESERVED_NAMES))}"
+                )
+            for key in ("seed", "name"):
+                if key in overrides:
+                    where = "the sweep's 'seeds' list" if key == "seed" else "the sweep (<sweep name>-<variant>)"
+                    raise ValueError(f"variant '{name}' sets '{key}', which is set by {where}; remove it")
+        return value
+
+    @field_validator("share_across_seeds")
+    @classmethod
+    def _check_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a model is named more than once")
+        return value
+
+
+def merge_variant(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge a variant's overrides into a schedule (neither argument is changed).
+
+    Objects merge key by key; lists and other values replace. Two exceptions keep the result
+    meaningful: an override object that restates a component (it has ``name``, ``arch`` or
+    ``dataset``) gives that component's ``params`` whole (the base's params are dropped; none given
+    means the defaults), and an override object whose ``name`` differs from the base object's (e.g.
+    an optimizer ``sgd`` -> ``adam``, a curriculum ``ta_chain`` -> ``direct``) replaces it entirely.
+    """
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            if "name" in value and "name" in current and value["name"] != current["name"]:
+                merged[key] = copy.deepcopy(value)
+                continue
+            restates = any(part in value for part in COMPONENT_KEYS)
+            inner = {k: v for k, v in value.items() if not (restates and k == "params")}
+            result = merge_variant(current, inner)
+            if restates:
+                result["params"] = copy.deepcopy(value.get("params", {}))
+            merged[key] = result
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_sweep_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SweepError(f"Sweep file '{path}' does not exist. Check the path.") from None
+    except OSError as error:
+        raise SweepError(f"Cannot read sweep file '{path}': {error.strerror}.") from None
+    except UnicodeDecodeError as error:
+        raise SweepError(f"Sweep file '{path}' is not UTF-8 text (bad byte at offset {error.start}).") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SweepError(
+            f"Sweep file '{path}' is not valid JSON: {error.msg} at line {error.lineno}, column "
+            f"{error.colno}. Fix the JSON syntax there (a missing comma or quote, or a trailing comma)."
+        ) from None
+    if not isinstance(data, dict):
+        raise SweepError(f"Sweep file '{path}' must hold a JSON object ({{...}}), not {type(data).__name__}.")
+    return data
+
+
+def _problems(source: str, lines: list[str]) -> str:
+    listing = "\n".join(f"  - {line}" for line in lines)
+    plural = "s" if len(lines) > 1 else ""
+    return f"{source} is invalid ({len(lines)} problem{plural}):\n{listing}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (the ``--seeds`` option)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise SweepError(f"--seeds '{text}' must be a comma-separated list of non-negative integers, e.g. --seeds 0,1,2.")
+    seeds = [int(part) for part in parts]
+    if len(set(seeds)) != len(seeds):
+        raise SweepError(f"--seeds '{text}' names a seed more than once.")
+    return seeds
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fingerprints
+# ---------------------------------------------------------------------------------------------------
+
+
+def canonical_hash(payload: Any) -> str:
+    """SHA-256 of canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """Size and SHA-256 of a user checkpoint (hashes are cached by path, size and mtime)."""
+    file = Path(path)
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(file, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return {"size": stat.st_size, "sha256": _FILE_HASHES[key]}
+
+
+def stage_fingerprints(
+    schedule: Schedule,
+    stages: list[StagePlan],
+    plugins: Plugins,
+    *,
+    seed_free: frozenset[str] | set[str] = frozenset(),
+    provided: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Fingerprint of every training stage of a plan, by stage name (see the module docstring).
+
+    ``provided`` gives the fingerprint of models that a sweep loads from another run's checkpoint, so
+    that the stages learning from them get the same fingerprints as in the run that trained them.
+    """
+    registry = plugins.registry
+    provided = provided or {}
+    trained: dict[str, str] = {}
+    data = schedule.data.model_dump(mode="json")
+    data["params"] = component_params(registry, "dataset", schedule.data.dataset, schedule.data.params, "data").model_dump(mode="json")
+
+    def model_config(key: str) -> dict[str, Any]:
+        config = schedule.models[key]
+        params = component_params(registry, "model", config.arch, config.params, f"models.{key}")
+        return {"arch": config.arch, "params": params.model_dump(mode="json")}
+
+    def teacher_identity(key: str) -> Any:
+        model, epoch = split_snapshot(key)
+        if model in provided:
+            identity: Any = provided[model]
+        elif model in trained:
+            identity = trained[model]
+        else:
+            checkpoint = schedule.models[model].checkpoint
+            identity = {**model_config(model), "checkpoint": file_identity(checkpoint) if checkpoint else None}
+        return identity if epoch is None else {"snapshot_of": identity, "epoch": epoch}
+
+    fingerprints: dict[str, str] = {}
+    for stage in stages:
+        if stage.kind != "train":
+            continue
+        losses = []
+        for loss in stage.losses:
+            params = component_params(registry, "loss", loss.name, loss.params, f"loss '{loss.name}'")
+            losses.append({"name": loss.name, "weight": loss.model_dump(mode="json")["weight"], "params": params.model_dump(mode="json")})
+        # Snapshots (``stage.snapshots``) are left out: keeping copies of a model does not change it.
+        payload = {
+            "version": FINGERPRINT_VERSION,
+            "model": model_config(stage.student),
+            "teachers": [teacher_identity(key) for key in stage.teachers],
+            "losses": losses,
+            "training": schedule.training.for_stage(stage.stage_name).model_dump(mode="json"),
+            "pretrain_training": schedule.training.for_stage(f"{stage.stage_name}-pretrain").model_dump(mode="json"),
+            "teacher_dropout": stage.teacher_dropout,
+            "teacher_weights": list(stage.teacher_weights),
+            "data": data,
+            "device": schedule.device,
+            "seed": None if stage.student in seed_free else schedule.seed,
+        }
+        fingerprint = canonical_hash(payload)
+        fingerprints[stage.stage_name] = fingerprint
+        trained[stage.student] = fingerprint
+    return fingerprints
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning: validate everything, decide the sharing
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunPlan:
+    """One (variant, seed) run of a sweep and its sharing decisions."""
+
+    variant: str
+    seed: int
+    raw: dict[str, Any]
+    report_stage: str
+    report_model: str
+    trains: list[dict[str, Any]] = field(default_factory=list)
+    reuses: list[dict[str, Any]] = field(default_factory=list)
+    dropped_overrides: list[str] = field(default_factory=list)
+    unused_overrides: list[str] = field(default_factory=list)
+    status: str = "pending"
+
+    @property
+    def folder(self) -> str:
+        """The run folder, relative to the sweep folder."""
+        return f"{self.variant}/seed-{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "seed": self.seed,
+            "folder": self.folder,
+            "status": self.status,
+            "report_stage": self.report_stage,
+            "report_model": self.report_model,
+            "trains": self.trains,
+            "reuses": self.reuses,
+            "dropped_overrides": self.dropped_overrides,
+            "unused_base_overrides": self.unused_overrides,
+        }
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep, ready to run."""
+
+    source: Path
+    config: SweepConfig
+    base: dict[str, Any]
+    base_file: str | None
+    seeds: list[int]
+    runs: list[RunPlan]
+    plugins: Plugins
+
+    def to_dict(self) -> dict[str, Any]:
+        trained = sum(len(run.trains) for run in self.runs)
+        reused = sum(len(run.reuses) for run in self.runs)
+        return {
+            "format": SWEEP_FORMAT,
+            "name": self.config.name,
+            "description": self.config.description,
+            "source": str(self.source),
+            "base_file": self.base_file,
+            "base": self.base,
+            "variants": self.config.variants,
+            "seeds": self.seeds,
+            "order": "seed-major",
+            "report_model": self.config.report_model,
+            "share": self.config.share,
+            "share_across_seeds": self.config.share_across_seeds,
+            "stages_trained": trained,
+            "stages_reused": reused,
+            "finished": all(run.status == "finished" for run in self.runs),
+            "runs": [run.to_dict() for run in self.runs],
+        }
+
+
+def _source(path: Path, variant: str, seed: int | None = None) -> str:
+    seed_text = f" (seed {seed})" if seed is not None else ""
+    return f"Sweep '{path}', variant '{variant}'{seed_text}"
+
+
+def _with_context(prefix: str, error: KdframeError) -> SweepError:
+    return SweepError(f"{prefix}: {error}")
+
+
+def _curriculum(schedule: Schedule, plugins: Plugins) -> Any:
+    registry = plugins.registry
+    params = component_params(registry, "curriculum", schedule.curriculum.name, schedule.curriculum.params, "curriculum")
+    return registry.spec("curriculum", schedule.curriculum.name).factory(params)
+
+
+def _plan(raw: dict[str, Any], plugins: Plugins, source: str, *, check: bool = True) -> tuple[Schedule, list[StagePlan]]:
+    """Parse, validate components and plan: (the schedule with the curriculum's models, its stages)."""
+    schedule = parse_schedule(raw, source)
+    validate_components(schedule, plugins.registry, source)
+    curriculum = _curriculum(schedule, plugins)
+    planned = with_extra_models(schedule, curriculum, schedule.curriculum.name)
+    stages = curriculum.plan(planned)
+    if check:
+        check_plan(planned, stages, plugins.registry, schedule.curriculum.name)
+    return planned, stages
+
+
+def _stage_overrides(raw: dict[str, Any]) -> list[str]:
+    """The stage names of ``training.stages`` in a raw schedule or overrides."""
+    training = raw.get("training")
+    stages = training.get("stages") if isinstance(training, dict) else None
+    return list(stages) if isinstance(stages, dict) else []
+
+
+def load_sweep(
+    path: str | Path,
+    *,
+    seeds: list[int] | None = None,
+    plugins: Plugins | None = None,
+    log: Log | None = None,
+) -> SweepPlan:
+    """Read and validate a sweep file and every (variant, seed) schedule, then plan the sharing.
+
+    Nothing is trained and nothing is written. Raises :class:`SweepError` (or another
+    :class:`KdframeError`) naming the variant and the path of every problem.
+    """
+    from kdframe.runner import prepare
+
+    file = Path(path)
+    data = _read_sweep_file(file)
+    try:
+        config = SweepConfig.model_validate(data)
+    except ValidationError as error:
+        raise SweepError(_problems(f"Sweep file '{file}'", format_validation_error(error))) from None
+    if seeds is not None:
+        try:
+            config = SweepConfig.model_validate({**data, "seeds": list(seeds)})
+        except ValidationError as error:
+            raise SweepError(_problems(f"--seeds {','.join(map(str, seeds))}", format_validation_error(error))) from None
+    if config.share_across_seeds and not config.share:
+        raise SweepError(f"Sweep file '{file}': share_across_seeds needs \"share\": true; remove one of them.")
+
+    base_file: str | None = None
+    if isinstance(config.base, str):
+        base_path = Path(config.base)
+        if not base_path.is_absolute():
+            base_path = file.parent / base_path
+        base_file = str(base_path)
+        try:
+            base = load_json(base_path)
+        except ScheduleError as error:
+            raise SweepError(f"Sweep file '{file}': base: {error}") from None
+    else:
+        base = copy.deepcopy(config.base)
+    plugins = plugins or create_plugins()
+    registry = plugins.registry
+
+    # 1. Structure, component params and the stage plan of every variant (they do not depend on the seed).
+    raws: dict[str, dict[str, Any]] = {}
+    plans: dict[str, tuple[Schedule, list[StagePlan]]] = {}
+    unused: dict[str, list[str]] = {}
+    problems: list[str] = []
+
+    def problem(variant: str, error: KdframeError) -> None:
+        message = str(error)
+        if not message.startswith(_source(file, variant)):
+            message = f"{_source(file, variant)}: {message}"
+        problems.append(message)
+
+    for variant, overrides in config.variants.items():
+        raw = merge_variant(base, overrides)
+        raw["name"] = f"{config.name}-{variant}"
+        raw["seed"] = config.seeds[0]
+        raws[variant] = raw
+        try:
+            plans[variant] = _plan(raw, plugins, f"{_source(file, variant)}: the merged schedule", check=False)
+        except KdframeError as error:
+            problem(variant, error)
+    if problems:
+        raise SweepError("\n".join(problems))
+    # The base's per-stage training overrides may name stages that only some variants have (the
+    # teacher's, for a NOKD variant): they are dropped where their stage does not run. One that names
+    # no stage of any variant stays, and is reported as the typo it is.
+    stage_names = {variant: {stage.stage_name for stage in stages} for variant, (_, stages) in plans.items()}
+    everywhere = set().union(*stage_names.values()) if stage_names else set()
+    base_overrides = _stage_overrides(base)
+    for variant, (planned, stages) in list(plans.items()):
+        own = _stage_overrides(config.variants[variant])
+        unused[variant] = [
+            name
+            for name in _stage_overrides(raws[variant])
+            if name in base_overrides
+            and name not in own
+            and name.removesuffix("-pretrain") not in stage_names[variant]
+            and name.removesuffix("-pretrain") in everywhere
+        ]
+        if unused[variant]:
+            raws[variant] = _reuse_raw(raws[variant], {}, unused[variant])
+        try:
+            plans[variant] = _plan(raws[variant], plugins, f"{_source(file, variant)}: the merged schedule")
+        except KdframeError as error:
+            problem(variant, error)
+            del plans[variant]
+    if problems:
+        raise SweepError("\n".join(problems))
+
+    # 2. The report model and the models shared across seeds.
+    report: dict[str, StagePlan] = {}
+    for variant, (planned, stages) in plans.items():
+        if config.report_model is None:
+            report[variant] = stages[-1]
+            continue
+        matches = [stage for stage in stages if stage.student == config.report_model]
+        if not matches:
+            trained = ", ".join(stage.student for stage in stages)
+            problems.append(
+                f"report_model: variant '{variant}' does not train '{config.report_model}' (its stages "
+                f"train: {trained}); name a model every variant trains, or leave report_model out to "
+                "report each run's last stage"
+            )
+        else:
+            report[variant] = matches[-1]
+    known = {key for planned, _ in plans.values() for key in planned.models}
+    for index, key in enumerate(config.share_across_seeds):
+        if key not in known:
+            problems.append(f"share_across_seeds[{index}]: no variant has a model '{key}' (models: {', '.join(sorted(known))})")
+    seed_free = set(config.share_across_seeds)
+    for variant, (planned, stages) in plans.items():
+        trained_here = {stage.student for stage in stages if stage.kind == "train"}
+        if variant in report and report[variant].student in seed_free:
+            problems.append(
+                f"share_across_seeds: '{report[variant].student}' is variant '{variant}''s report model; "
+                "it must be trained with every seed"
+            )
+        for stage in stages:
+            if stage.student not in seed_free:
+                continue
+            for teacher in stage.teachers:
+                model = split_snapshot(teacher)[0]
+                if model in trained_here and model not in seed_free:
+                    problems.append(
+                        f"share_across_seeds: '{stage.student}' learns from '{model}' in variant '{variant}', "
+                        f"which is trained once per seed; add '{model}' to share_across_seeds too, or remove "
+                        f"'{stage.student}'"
+                    )
+    if problems:
+        raise SweepError(_problems(f"Sweep file '{file}'", sorted(set(problems), key=problems.index)))
+
+    # 3. Full validation of every (variant, seed): data, models, checkpoints, layers.
+    if log:
+        log(f"Validating {len(config.variants) * len(config.seeds)} runs (data, models, checkpoints, layers) ...")
+    for seed in config.seeds:
+        for variant in config.variants:
+            raw = {**raws[variant], "seed": seed}
+            source = _source(file, variant, seed)
+            try:
+                schedule = parse_schedule(raw, source)
+                prepare(schedule, plugins, resolved(schedule, registry))
+            except KdframeError as error:
+                raise _with_context(source, error) from error
+
+    # 4. Sharing, run by run in seed-major order.
+    cache: dict[str, dict[str, Any]] = {}  # fingerprint -> the run and stage that train it
+    runs: list[RunPlan] = []
+    for seed in config.seeds:
+        for variant in config.variants:
+            raw = {**raws[variant], "seed": seed}
+            runs.append(_plan_run(file, config, variant, seed, raw, report[variant], cache, seed_free, plugins, unused[variant]))
+    return SweepPlan(file, config, base, base_file, list(config.seeds), runs, plugins)
+
+
+def _reuse_raw(raw: dict[str, Any], checkpoints: dict[str, str], dropped: list[str]) -> dict[str, Any]:
+    """``raw`` with checkpoints set for reused models and the dropped training overrides removed."""
+    result = copy.deepcopy(raw)
+    for key, checkpoint in checkpoints.items():
+        result["models"][key]["checkpoint"] = checkpoint
+    overrides = result.get("training", {}).get("stages")
+    if isinstance(overrides, dict):
+        for name in dropped:
+            overrides.pop(name, None)
+    return result
+
+
+def _plan_run(
+    file: Path,
+    config: SweepConfig,
+    variant: str,
+    seed: int,
+    raw: dict[str, Any],
+    report_stage: StagePlan,
+    cache: dict[str, dict[str, Any]],
+    seed_free: set[str],
+    plugins: Plugins,
+    unused: list[str],
+) -> RunPlan:
+    source = _source(file, variant, seed)
+    planned, stages = _plan(raw, plugins, source)
+    run = RunPlan(variant, seed, raw, report_stage.stage_name, report_stage.student, unused_overrides=unused)
+    fingerprints = stage_fingerprints(planned, stages, plugins, seed_free=seed_free)
+    snapshot_sources = {split_snapshot(t)[0] for stage in stages for t in stage.teachers if split_snapshot(t)[1] is not None}
+    reuse: dict[str, str] = {}
+    if config.share:
+        for stage in stages:
+            fingerprint = fingerprints.get(stage.stage_name)
+            if (
+                fingerprint in cache
+                and stage.student != report_stage.student
+                and stage.student in raw.get("models", {})
+                and stage.student not in snapshot_sources
+            ):
+                reuse[stage.student] = fingerprint
+                origin = cache[fingerprint]
+                run.reuses.append(
+                    {"model": stage.student, "stage": stage.stage_name, "fingerprint": fingerprint, "from": origin["run"], "from_stage": origin["stage"]}
+                )
+    final_stages, final_fingerprints = stages, fingerprints
+    if reuse:
+        placeholders = {key: f"<shared:{fingerprint[:12]}>" for key, fingerprint in reuse.items()}
+        try:
+            first = parse_schedule(_reuse_raw(raw, placeholders, []), source)
+            curriculum = _curriculum(first, plugins)
+            names = {stage.stage_name for stage in curriculum.plan(with_extra_models(first, curriculum, first.curriculum.name))}
+            run.dropped_overrides = [name for name in first.training.stages if name.removesuffix("-pretrain") not in names]
+            schedule = parse_schedule(_reuse_raw(raw, placeholders, run.dropped_overrides), source)
+            final = with_extra_models(schedule, curriculum, schedule.curriculum.name)
+            final_stages = curriculum.plan(final)
+            check_plan(final, final_stages, plugins.registry, schedule.curriculum.name)
+        except KdframeError as error:
+            shared = ", ".join(f"'{entry['model']}' (from {entry['from']})" for entry in run.reuses)
+            raise SweepError(
+                f"{source}: the sweep shares {shared} with this run by giving it a checkpoint, but "
+                f"curriculum '{planned.curriculum.name}' cannot run the schedule that way:\n{error}\n"
+                "A curriculum must skip models that have a checkpoint. Set \"share\": false in the "
+                "sweep file to train every model in every run."
+            ) from error
+        final_fingerprints = stage_fingerprints(final, final_stages, plugins, seed_free=seed_free, provided=reuse)
+    for stage in final_stages:
+        fingerprint = final_fingerprints.get(stage.stage_name)
+        run.trains.append({"stage": stage.stage_name, "model": stage.student, "fingerprint": fingerprint})
+        if fingerprint is not None and fingerprint not in cache:
+            cache[fingerprint] = {"run": run.folder, "stage": stage.stage_name}
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------------
+
+
+def default_folder(name: str) -> Path:
+    """``runs/<name>-<timestamp>`` (with a suffix if that exists)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = Path("runs") / f"{name}-{stamp}"
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = Path("runs") / f"{name}-{stamp}-{suffix}"
+    return folder
+
+
+def check_sweep_folder(folder: Path) -> None:
+    """Refuse a folder that already holds files, as a run does."""
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise RunFolderError(
+            f"Sweep folder '{folder}' already exists and is not empty; kdframe never writes over an "
+            "earlier sweep or run. Choose another --out, or move that folder away."
+        )
+
+
+def make_sweep_folder(folder: Path) -> Path:
+    """Create the sweep folder (refusing a non-empty one) and check that it is writable."""
+    check_sweep_folder(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise RunFolderError(f"Cannot write to sweep folder '{folder}': {error.strerror}. Choose another --out.") from None
+    return folder
+
+
+def write_sweep_json(folder: Path, plan: SweepPlan) -> Path:
+    """Write ``sweep.json`` atomically."""
+    path = folder / SWEEP_FILE
+    temporary = folder / f".{SWEEP_FILE}.tmp"
+    temporary.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def describe_plan(plan: SweepPlan) -> list[str]:
+    """Lines that say, run by run, what trains and what is reused."""
+    lines = [
+        f"Sweep '{plan.config.name}': {len(plan.config.variants)} variant(s) x {len(plan.seeds)} seed(s) = "
+        f"{len(plan.runs)} runs, seed-major."
+    ]
+    width = max(len(run.variant) for run in plan.runs)
+    for run in plan.runs:
+        trains = ", ".join(entry["stage"] for entry in run.trains) or "nothing"
+        line = f"  seed {run.seed}  {run.variant:<{width}}  trains {trains}"
+        if run.reuses:
+            line += "; reuses " + ", ".join(f"{entry['model']} from {entry['from']}" for entry in run.reuses)
+        lines.append(line)
+    reused = sum(len(run.reuses) for run in plan.runs)
+    trained = sum(len(run.trains) for run in plan.runs)
+    if reused:
+        lines.append(f"Sharing: {trained} stage trainings instead of {trained + reused} ({reused} reused).")
+    else:
+        lines.append(f"Sharing: nothing shared; {trained} stage trainings.")
+    return lines
+
+
+def run_sweep(
+    path: str | Path,
+    *,
+    out: str | Path | None = None,
+    quiet: bool = False,
+    seeds: list[int] | None = None,
+    plugins: Plugins | None = None,
+    log: Log | None = print,
+) -> tuple[Path, SweepReport]:
+    """Validate a sweep in full, then run every (variant, seed) and write the report.
+
+    Returns the sweep folder and its report. ``log`` receives the plan and one line per run.
+    """
+    from kdframe.runner import execute, make_run_folder, prepare
+
+    say = log or (lambda line: None)
+    if out is not None:
+        check_sweep_folder(Path(out))  # fail before the (possibly long) validation
+    plan = load_sweep(path, seeds=seeds, plugins=plugins, log=say)
+    plugins = plan.plugins
+    folder = make_sweep_folder(Path(out) if out is not None else default_folder(plan.config.name))
+    for line in describe_plan(plan):
+        say(line)
+    say(f"Sweep folder: {folder}")
+    write_sweep_json(folder, plan)
+
+    checkpoints: dict[str, Path] = {}  # fingerprint -> trained student.pt
+    for number, run in enumerate(plan.runs, start=1):
+        say(f"{'' if quiet else chr(10)}[{number}/{len(plan.runs)}] {run.variant} seed {run.seed} -> {folder / run.folder}")
+        source = _source(plan.source, run.variant, run.seed)
+        paths: dict[str, str] = {}
+        for entry in run.reuses:
+            checkpoint = checkpoints.get(entry["fingerprint"])
+            if checkpoint is None or not checkpoint.is_file():
+                raise SweepError(
+                    f"{source}: reuses '{entry['model']}' from {entry['from']}, but that run did not save "
+                    f"stage '{entry['from_stage']}' (it stopped early or failed). Rerun the sweep with "
+                    "\"share\": false, or fix that run."
+                )
+            paths[entry["model"]] = str(checkpoint.resolve())
+            entry["checkpoint"] = os.path.relpath(checkpoint, folder)
+        raw = _reuse_raw(run.raw, paths, run.dropped_overrides)
+        run.status = "running"
+        write_sweep_json(folder, plan)
+        try:
+            schedule = parse_schedule(raw, source)
+            validate_components(schedule, plan.plugins.registry, source)
+            experiment = prepare(schedule, plugins, resolved(schedule, plugins.registry))
+            run_folder = make_run_folder(schedule, folder / run.variant / f"seed-{run.seed}")
+            results = execute(experiment, run_folder, quiet=quiet)
+        except BaseException as error:
+            run.status = "failed"
+            write_sweep_json(folder, plan)
+            if isinstance(error, KdframeError):
+                raise SweepError(
+                    f"{source}: {error}\nThe sweep stopped here; the finished runs are kept in '{folder}', "
+                    f"and 'kdframe report {folder}' reports them."
+                ) from error
+            raise
+        by_stage = {result.stage: result for result in results}
+        for entry in run.trains:
+            result = by_stage.get(entry["stage"])
+            if result is not None and result.checkpoint:
+                entry["checkpoint"] = f"{run.folder}/{result.checkpoint}"
+                if entry["fingerprint"] is not None:
+                    checkpoints.setdefault(entry["fingerprint"], run_folder / result.checkpoint)
+        run.status = "finished"
+        write_sweep_json(folder, plan)
+
+    return folder, write_report(folder)
+
+
+__all__ = [
+    "SWEEP_FILE",
+    "SweepConfig",
+    "SweepPlan",
+    "RunPlan",
+    "describe_plan",
+    "load_sweep",
+    "merge_variant",
+    "parse_seeds",
+    "run_sweep",
+    "stage_fingerprints",
+]
