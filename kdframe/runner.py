@@ -15,7 +15,6 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdframe import checkpoints
+from kdframe import checkpoints, folders
 from kdframe.curriculum import StagePlan, check_plan, snapshot_key, split_snapshot, with_extra_models
 from kdframe.ensemble import SoftmaxEnsemble
 from kdframe.data import InMemoryDataset
-from kdframe.errors import ComponentError, DataError, KdframeError, RunFolderError, TrainingError
+from kdframe.errors import ComponentError, DataError, KdframeError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import BuildContext
 from kdframe.value_schedule import describe_value
@@ -310,28 +309,7 @@ def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any) -> dict[st
 
 def make_run_folder(schedule: Schedule, out: str | Path | None) -> Path:
     """Create the run folder; refuse one that already holds files, so no earlier result is lost."""
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        folder = Path("runs") / f"{schedule.name}-{stamp}"
-        suffix = 1
-        while folder.exists():
-            suffix += 1
-            folder = Path("runs") / f"{schedule.name}-{stamp}-{suffix}"
-    else:
-        folder = Path(out)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise RunFolderError(
-            f"Run folder '{folder}' already exists and is not empty; kdframe never writes over an "
-            "earlier run. Choose another --out, or move that folder away."
-        )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise RunFolderError(f"Cannot write to run folder '{folder}': {error.strerror}. Choose another --out.") from None
-    return folder
+    return folders.claim(Path(out) if out is not None else folders.default_folder(schedule.name), "run")
 
 
 def count_parameters(model: nn.Module) -> int:

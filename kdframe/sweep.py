@@ -34,14 +34,14 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kdframe import folders
 from kdframe.curriculum import StagePlan, check_plan, split_snapshot, with_extra_models
-from kdframe.errors import KdframeError, RunFolderError, ScheduleError, SweepError
+from kdframe.errors import KdframeError, ScheduleError, SweepError
 from kdframe.plugins import Plugins, create_plugins
 from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, SWEEP_FILE, SweepReport, write_report
 from kdframe.schedule import (
@@ -632,39 +632,6 @@ def _plan_run(
 # ---------------------------------------------------------------------------------------------------
 
 
-def default_folder(name: str) -> Path:
-    """``runs/<name>-<timestamp>`` (with a suffix if that exists)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = Path("runs") / f"{name}-{stamp}"
-    suffix = 1
-    while folder.exists():
-        suffix += 1
-        folder = Path("runs") / f"{name}-{stamp}-{suffix}"
-    return folder
-
-
-def check_sweep_folder(folder: Path) -> None:
-    """Refuse a folder that already holds files, as a run does."""
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise RunFolderError(
-            f"Sweep folder '{folder}' already exists and is not empty; kdframe never writes over an "
-            "earlier sweep or run. Choose another --out, or move that folder away."
-        )
-
-
-def make_sweep_folder(folder: Path) -> Path:
-    """Create the sweep folder (refusing a non-empty one) and check that it is writable."""
-    check_sweep_folder(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise RunFolderError(f"Cannot write to sweep folder '{folder}': {error.strerror}. Choose another --out.") from None
-    return folder
-
-
 def write_sweep_json(folder: Path, plan: SweepPlan) -> Path:
     """Write ``sweep.json`` atomically."""
     path = folder / SWEEP_FILE
@@ -713,10 +680,10 @@ def run_sweep(
 
     say = log or (lambda line: None)
     if out is not None:
-        check_sweep_folder(Path(out))  # fail before the (possibly long) validation
+        folders.check_unused(Path(out), "sweep")  # fail before the (possibly long) validation
     plan = load_sweep(path, seeds=seeds, plugins=plugins, log=say)
     plugins = plan.plugins
-    folder = make_sweep_folder(Path(out) if out is not None else default_folder(plan.config.name))
+    folder = folders.claim(Path(out) if out is not None else folders.default_folder(plan.config.name), "sweep")
     for line in describe_plan(plan):
         say(line)
     say(f"Sweep folder: {folder}")

@@ -13,7 +13,7 @@ from kdframe import Curriculum, CurriculumSpec, NoParams, distill_stage, hookimp
 from kdframe.cli import main
 from kdframe.errors import RunFolderError, SweepError, TrainingError
 from kdframe.plugins import create_plugins
-from kdframe.sweep import load_sweep, merge_variant, run_sweep
+from kdframe.sweep import describe_plan, load_sweep, merge_variant, run_sweep
 
 # Tiny one-epoch stages on 64 samples may end at chance level; that is not what these tests check.
 pytestmark = pytest.mark.filterwarnings("ignore:Stage .* collapsed")
@@ -351,3 +351,16 @@ def test_cli_sweep_errors_exit_2(tmp_path, capsys) -> None:
     assert "--seeds '0,x' must be a comma-separated list" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+)
+@pytest.mark.parametrize("name", ["takd_fashion_mnist.json", "teacher_size_fashion_mnist.json"])
+def test_example_sweeps_validate_and_share_teachers(name) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / name
+    plan = load_sweep(example, seeds=[0])
+    lines = "\n".join(describe_plan(plan))
+    assert "seed 0" in lines
+    if name.startswith("takd"):
+        assert "reuses teacher" in lines

@@ -1,0 +1,26 @@
+"""Output folders never overwrite earlier results."""
+
+import pytest
+
+from kdframe.errors import RunFolderError
+from kdframe.folders import check_unused, claim, default_folder
+
+
+def test_claim_creates_and_refuses_a_used_folder(tmp_path) -> None:
+    folder = claim(tmp_path / "a" / "b", "run")
+    assert folder.is_dir() and not any(folder.iterdir())
+    claim(folder, "run")  # empty: fine
+    (folder / "results.json").write_text("keep")
+    with pytest.raises(RunFolderError, match="Run folder .* not empty"):
+        claim(folder, "run")
+    with pytest.raises(RunFolderError, match="Sweep folder"):
+        check_unused(folder, "sweep")
+    assert (folder / "results.json").read_text() == "keep"
+
+
+def test_default_folder_is_fresh(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = default_folder("demo")
+    first.mkdir(parents=True)
+    second = default_folder("demo")
+    assert first.parent.name == "runs" and first.name.startswith("demo-") and second != first
