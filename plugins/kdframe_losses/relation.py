@@ -76,6 +76,8 @@ per row). Values are small; CRD's benchmark weights the term by 30000.
 
 from __future__ import annotations
 
+import abc
+
 import math
 from typing import ClassVar
 
@@ -175,9 +177,9 @@ class RelationTerm(LossTerm):
             values.append(self.relation(student.reshape(n, -1).to(dtype), teacher.reshape(n, -1).to(dtype)))
         return values[0] if len(values) == 1 else sum(values) / len(values)
 
+    @abc.abstractmethod
     def relation(self, student: Tensor, teacher: Tensor) -> Tensor:
         """The term for one pair of flattened embeddings with at least :attr:`min_batch` samples."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return "layers=[" + ", ".join(f"{s!r}->{t!r}" for s, t in self.pairs) + "]"

@@ -76,6 +76,8 @@ Logits need at least two classes.
 
 from __future__ import annotations
 
+import abc
+
 from typing import Annotated, ClassVar
 
 import torch
@@ -135,9 +137,9 @@ class _ResponseTerm(LossTerm):
             values.append(self.per_teacher(student, teacher.logits.detach(), outputs))
         return outputs.average_over_teachers(values)
 
+    @abc.abstractmethod
     def per_teacher(self, student: Tensor, teacher: Tensor, outputs: StepOutputs) -> Tensor:
         """The term for one teacher (``teacher`` is already detached)."""
-        raise NotImplementedError
 
 
 # -- hinton_kd ------------------------------------------------------------------------------------
