@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -39,3 +40,15 @@ def claim(folder: Path, what: str) -> Path:
     except OSError as error:
         raise RunFolderError(f"Cannot write to {what} folder '{folder}': {error.strerror}. Choose another --out.") from None
     return folder
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it over ``path``, so a
+    crash leaves either the old file or the new one, never half of one."""
+    temporary = path.parent / f".{path.name}.tmp"
+    with open(temporary, "w") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+    return path

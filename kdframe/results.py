@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from kdframe.folders import write_text_atomic
 from kdframe.state import StageResult
 
 RESULTS_FILE = "results.json"
@@ -20,14 +20,7 @@ def write_results(folder: Path, name: str, results: list[StageResult], *, finish
         "stages": [result.to_dict() for result in results],
         "total_wall_time_s": round(sum(result.wall_time_s for result in results), 3),
     }
-    path = folder / RESULTS_FILE
-    temporary = folder / f".{RESULTS_FILE}.tmp"
-    with open(temporary, "w") as stream:
-        stream.write(json.dumps(payload, indent=2) + "\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-    return path
+    return write_text_atomic(folder / RESULTS_FILE, json.dumps(payload, indent=2) + "\n")
 
 
 def _count(value: int) -> str:

@@ -8,6 +8,7 @@ and every loss term's layers and adapters (built from a dry run). Only then is t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -119,7 +120,7 @@ def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, A
     experiment = Experiment(schedule, resolved_schedule, plugins, data, models, stages)
     setups = [setup for plan in stages for setup in build_stage(experiment, plan)]
     for index, setup in enumerate(setups):
-        setup.info = StageInfo(**{**setup.info.to_dict(), "index": index})
+        setup.info = dataclasses.replace(setup.info, index=index)
     experiment.setups = setups
     return experiment
 
@@ -240,14 +241,12 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
         epochs = max(weighted.term.pretrain_epochs for weighted in pretraining)
         name = f"{plan.stage_name}-pretrain"
         pre_training = schedule.training.for_stage(name).model_copy(update={"epochs": epochs})
-        pre_info = StageInfo(
-            **{
-                **info.to_dict(),
-                "name": name,
-                "epochs": epochs,
-                "losses": tuple({"name": w.name, "phase": "pretrain"} for w in pretraining),
-                "hparams": {**info.hparams, "epochs": epochs, "phase": "pretrain"},
-            }
+        pre_info = dataclasses.replace(
+            info,
+            name=name,
+            epochs=epochs,
+            losses=tuple({"name": w.name, "phase": "pretrain"} for w in pretraining),
+            hparams={**info.hparams, "epochs": epochs, "phase": "pretrain"},
         )
         setups.append(StageSetup(pre_info, student, teachers, pretraining, student_tap, teacher_tap, pre_training, "pretrain"))
     setups.append(
@@ -337,7 +336,7 @@ def execute(experiment: Experiment, folder: Path, *, quiet: bool = False) -> lis
     stage_infos = []
     for setup in experiment.setups:
         stage_folder = folder / "stages" / f"{setup.info.index:02d}-{setup.info.name}"
-        setup.info = StageInfo(**{**setup.info.to_dict(), "folder": str(stage_folder)})
+        setup.info = dataclasses.replace(setup.info, folder=str(stage_folder))
         stage_infos.append(setup.info)
     run = RunInfo(schedule.name, str(folder), experiment.resolved, tuple(stage_infos), str(device))
 

@@ -634,11 +634,7 @@ def _plan_run(
 
 def write_sweep_json(folder: Path, plan: SweepPlan) -> Path:
     """Write ``sweep.json`` atomically."""
-    path = folder / SWEEP_FILE
-    temporary = folder / f".{SWEEP_FILE}.tmp"
-    temporary.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
+    return folders.write_text_atomic(folder / SWEEP_FILE, json.dumps(plan.to_dict(), indent=2) + "\n")
 
 
 def describe_plan(plan: SweepPlan) -> list[str]:

@@ -24,3 +24,12 @@ def test_default_folder_is_fresh(tmp_path, monkeypatch) -> None:
     first.mkdir(parents=True)
     second = default_folder("demo")
     assert first.parent.name == "runs" and first.name.startswith("demo-") and second != first
+
+
+def test_write_text_atomic_replaces_whole_files(tmp_path) -> None:
+    from kdframe.folders import write_text_atomic
+
+    path = tmp_path / "results.json"
+    write_text_atomic(path, "old")
+    assert write_text_atomic(path, "new") == path
+    assert path.read_text() == "new" and not list(tmp_path.glob(".*.tmp"))
