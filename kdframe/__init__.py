@@ -1,7 +1,7 @@
 """kdframe: knowledge distillation for PyTorch, built from plugins.
 
 The public API for plugin authors is re-exported here: the hook markers, the component specs and
-``Params`` base class, the loss, data and curriculum interfaces, and the errors.
+``Params`` base class, the plugin API version, the loss, data and curriculum interfaces, and the errors.
 """
 
 from kdframe.curriculum import (
@@ -22,9 +22,10 @@ from kdframe.errors import (
     LayerError,
     PluginError,
     ScheduleError,
+    StorageError,
     TrainingError,
 )
-from kdframe.hookspecs import hookimpl
+from kdframe.hookspecs import PLUGIN_API_VERSION, hookimpl
 from kdframe.losses import BuildContext, LayerPair, LossTerm, ModelOutputs, StepOutputs
 from kdframe.registry import (
     CurriculumSpec,
@@ -61,6 +62,7 @@ __all__ = [
     "ModelSpec",
     "NoParams",
     "Params",
+    "PLUGIN_API_VERSION",
     "PluginError",
     "RunInfo",
     "ScheduledFloat",
@@ -69,6 +71,7 @@ __all__ = [
     "StagePlan",
     "StageResult",
     "StepOutputs",
+    "StorageError",
     "TrainState",
     "TrainingError",
     "ValueSchedule",

@@ -1,6 +1,8 @@
 """Saving and loading model checkpoints, safely.
 
-Checkpoints are written atomically (temporary file, fsync, rename) and read with
+Checkpoints are written atomically and durably with :func:`kdframe.folders.save_atomic` (temporary
+file in the same folder, fsync, rename, fsync of the folder; a full or read-only disk is a
+:class:`~kdframe.errors.StorageError` that leaves an earlier file intact) and read with
 ``torch.load(weights_only=True)``, so loading a file from elsewhere never executes code. A kdframe
 checkpoint is a dict ``{"format": "kdframe-model/1", "model", "arch", "params", "state_dict"}``; a
 plain ``state_dict`` is accepted too.
@@ -8,60 +10,111 @@ plain ``state_dict`` is accepted too.
 
 from __future__ import annotations
 
-import os
-import pickle
-import tempfile
-import zipfile
+import re
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 from kdframe.errors import CheckpointError
+from kdframe.folders import save_atomic
 
 FORMAT = "kdframe-model/1"
 
+#: How to make a checkpoint kdframe can read, appended to messages about unreadable files.
+_REMAKE = (
+    "Point 'checkpoint' at a file written by kdframe (a stage's student.pt) or by "
+    "torch.save(model.state_dict(), path), or remove 'checkpoint' to train that model in its own stage."
+)
+
+__all__ = [
+    "FORMAT",
+    "atomic_torch_save",
+    "checkpoint_bytes",
+    "load_into",
+    "load_payload",
+    "load_state_dict",
+    "save_atomic",
+    "save_model",
+]
+
 
 def save_model(path: Path, model: nn.Module, *, key: str, arch: str, params: dict[str, Any]) -> None:
-    """Write ``model``'s weights with what built it, atomically."""
+    """Write ``model``'s weights with what built it, atomically and durably.
+
+    Raises :class:`~kdframe.errors.StorageError` when the file cannot be written (an earlier file at
+    ``path`` is then left as it was).
+    """
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     payload = {"format": FORMAT, "model": key, "arch": arch, "params": params, "state_dict": state}
-    atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path, what="checkpoint")
 
 
-def atomic_torch_save(payload: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_torch_save(payload: Any, path: Path, *, what: str = "checkpoint") -> Path:
+    """``torch.save(payload)`` to ``path`` with :func:`~kdframe.folders.save_atomic`'s guarantees
+    (e.g. a full-state checkpoint dict of model, optimizer and epoch); returns ``path``."""
+
+    def write(stream: BinaryIO) -> None:
+        torch.save(payload, stream)
+
+    return save_atomic(Path(path), write, what=what)
+
+
+def checkpoint_bytes(model: nn.Module) -> int:
+    """An estimate of the size of ``model``'s checkpoint on disk (its state dict plus some overhead),
+    for :func:`kdframe.folders.check_writable`."""
+    tensors = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+    return tensors + 64 * len(model.state_dict()) + 4096
+
+
+def load_payload(path: str | Path, *, what: str = "checkpoint", advice: str | None = None) -> Any:
+    """Read any file written with ``torch.save`` (e.g. a full-state checkpoint) without executing
+    code: ``torch.load(weights_only=True)`` on the CPU.
+
+    A missing, empty, truncated or corrupt file, or one that holds Python objects other than tensors
+    and plain data, is a :class:`CheckpointError` naming ``what`` and the file, saying what is wrong
+    and ending with ``advice`` (by default: how to make a model checkpoint kdframe reads, for
+    ``what="checkpoint"``; restore or delete the file, otherwise).
+    """
+    file = Path(path)
+    label = f"{what[:1].upper()}{what[1:]} '{file}'"
+    fix = advice or (_REMAKE if what == "checkpoint" else "Restore a good copy of it, or delete it and run again.")
+    if not file.exists():
+        raise CheckpointError(
+            f"{label} does not exist. Fix the path, or remove 'checkpoint' to train that model from "
+            "scratch in its own stage."
+            if what == "checkpoint"
+            else f"{label} does not exist. {fix}"
+        )
+    if not file.is_file():
+        raise CheckpointError(f"{label} is not a file (it is a folder or a device). {fix}")
     try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        size = file.stat().st_size
+    except OSError as error:
+        raise CheckpointError(f"{label} cannot be read: {error.strerror or error}. {fix}") from None
+    if size == 0:
+        raise CheckpointError(f"{label} is empty (0 bytes); it was probably cut off while being written. {fix}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's own advice would be to load unsafely
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise CheckpointError(f"{label} cannot be read: {error.strerror or error}. {fix}") from None
+    except Exception as error:  # torch.load raises many types on hostile bytes; none is a kdframe bug
+        raise CheckpointError(f"{label} {_unreadable(error)} {fix}") from None
 
 
 def load_state_dict(path: str | Path, *, expected_arch: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's state dict without executing code; errors say what is wrong."""
+    """Read a model checkpoint's state dict without executing code (see :func:`load_payload`).
+
+    A missing, empty, truncated or corrupt file, a file that holds Python objects other than tensors,
+    or a kdframe checkpoint of another architecture is a :class:`CheckpointError` that names the
+    file, the problem and the fix.
+    """
     file = Path(path)
-    if not file.is_file():
-        raise CheckpointError(
-            f"Checkpoint '{file}' does not exist. Fix the path, or remove 'checkpoint' to train "
-            "that model from scratch in its own stage."
-        )
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"Checkpoint '{file}' cannot be read safely: {first_line[:300]}. It may be truncated, "
-            "corrupt, or contain Python objects other than tensors (kdframe loads with "
-            "weights_only=True and never runs code from a checkpoint)."
-        ) from None
+    payload = load_payload(file)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         arch = payload.get("arch")
         if expected_arch is not None and arch != expected_arch:
@@ -72,9 +125,14 @@ def load_state_dict(path: str | Path, *, expected_arch: str | None = None) -> di
         state = payload.get("state_dict")
     else:
         state = payload
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+    if (
+        not isinstance(state, dict)
+        or not all(isinstance(name, str) for name in state)
+        or not all(isinstance(value, torch.Tensor) for value in state.values())
+    ):
         raise CheckpointError(
-            f"Checkpoint '{file}' is neither a kdframe checkpoint nor a state_dict of tensors."
+            f"Checkpoint '{file}' is neither a kdframe checkpoint nor a state_dict of tensors "
+            f"(it holds a {type(payload).__name__}). {_REMAKE}"
         )
     return state
 
@@ -102,4 +160,30 @@ def load_into(model: nn.Module, path: str | Path, *, label: str, expected_arch: 
             f"Checkpoint '{path}' does not fit {label}: {', '.join(parts)}. Check that the model's "
             "arch and params match those the checkpoint was trained with."
         )
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # e.g. a tensor type that cannot be copied into a parameter
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(
+            f"Checkpoint '{path}' does not fit {label}: {first_line[:300]}. Check that the model's "
+            "arch and params match those the checkpoint was trained with."
+        ) from None
+
+
+def _unreadable(error: Exception) -> str:
+    """Why ``torch.load`` could not read a file, in words (the rest of a sentence after the name)."""
+    text = str(error)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return (
+            f"holds Python objects other than tensors ({refused.group(1)}), which kdframe refuses to "
+            "load: checkpoints are read with weights_only=True so that no code in them ever runs. If "
+            "you trust the file, load it yourself and save only the weights with "
+            "torch.save(model.state_dict(), path)."
+        )
+    if "Weights only load failed" in text or "magic number" in text:
+        return "is not a PyTorch checkpoint (it is corrupt, or a file of another format)."
+    if isinstance(error, EOFError) or "central directory" in text or "zip archive" in text:
+        return "is truncated or corrupt (it was probably cut off while being written)."
+    first_line = (text.strip().splitlines() or [type(error).__name__])[0]
+    return f"cannot be read safely ({type(error).__name__}: {first_line[:200]}); it may be truncated or corrupt."

@@ -57,6 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="run folder (default: runs/<name>-<timestamp>); must not hold an earlier run")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; only the final table")
 
+    resume = commands.add_parser(
+        "resume",
+        help="continue an interrupted run from its last completed epoch",
+        description="Continue the run in RUN_DIR after a crash, a kill, Ctrl-C or a full disk. Stages "
+        "that finished are restored from their folders, not re-run; the unfinished stage continues from "
+        "the full-state checkpoint (state.pt) of its last completed epoch, so at most one epoch is "
+        "repeated. The run continues with the schedule it started with (RUN_DIR/schedule.json); "
+        "--schedule or --set that change it are refused with the list of changes unless --force.",
+    )
+    resume.add_argument("folder", metavar="RUN_DIR", help="the run folder ('Run folder:' of kdframe run)")
+    resume.add_argument("--schedule", metavar="SCHEDULE.json", help="continue with this schedule instead of RUN_DIR/schedule.json")
+    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    resume.add_argument("--force", action="store_true", help="accept a schedule that differs from the one the run started with")
+    resume.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; only the final table")
+
     validate = commands.add_parser(
         "validate",
         help="check a schedule without training",
@@ -110,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
         "point an editor at it (\"$schema\" in a schedule) for completion and checking.",
     )
     schema.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of standard output")
+    schema.add_argument(
+        "--first-party",
+        action="store_true",
+        help="only kdframe's own components, not those of other installed plugins (how "
+        "docs/schedule.schema.json is generated)",
+    )
     return parser
 
 
@@ -117,11 +138,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kdframe.results import format_table
     from kdframe.runner import run_schedule
 
-    folder, results = run_schedule(args.schedule, overrides=args.overrides, out=args.out, quiet=args.quiet)
+    from kdframe import distributed
+
+    try:
+        folder, results = run_schedule(args.schedule, overrides=args.overrides, out=args.out, quiet=args.quiet)
+        main = distributed.is_main()
+    finally:
+        distributed.shutdown()
+    if not main:  # under torchrun, rank 0 alone prints
+        return 0
     print()
     print(format_table([result.to_dict() for result in results]))
     print(f"\nRun folder: {folder}")
     print(f"TensorBoard: tensorboard --logdir {folder / 'tensorboard'}")
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from kdframe.runner import format_table, resume_run
+
+    from kdframe import distributed
+
+    try:
+        folder, results = resume_run(
+            args.folder, schedule_path=args.schedule, overrides=args.overrides, force=args.force, quiet=args.quiet
+        )
+        main = distributed.is_main()
+    finally:
+        distributed.shutdown()
+    if not main:  # under torchrun, rank 0 alone prints
+        return 0
+    print()
+    print(format_table([result.to_dict() for result in results]))
+    print(f"\nRun folder: {folder}")
     return 0
 
 
@@ -193,10 +242,11 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from kdframe.json_schema import schedule_schema
+    from kdframe.json_schema import first_party_registry, schedule_schema
     from kdframe.plugins import create_plugins
 
-    text = json.dumps(schedule_schema(create_plugins().registry), indent=2) + "\n"
+    registry = first_party_registry() if args.first_party else create_plugins().registry
+    text = json.dumps(schedule_schema(registry), indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -208,6 +258,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, markdown
     from kdframe.sweep import parse_seeds, run_sweep
 
+    from kdframe import distributed
+
+    if distributed.launched():
+        raise KdframeError(
+            "kdframe sweep does not run under torchrun (WORLD_SIZE > 1): its runs would all write the "
+            "same sweep folder. Run it as one process, or run each variant with torchrun ... -m kdframe run."
+        )
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     folder, report = run_sweep(args.sweep, out=args.out, quiet=args.quiet, seeds=seeds)
     print()
@@ -227,6 +284,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": _cmd_run,
+    "resume": _cmd_resume,
     "validate": _cmd_validate,
     "plugins": _cmd_plugins,
     "schema": _cmd_schema,
@@ -249,8 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KdframeError as error:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+        print("error: " + "\n".join(line for line in str(error).splitlines() if line.strip()), file=sys.stderr)  # one paragraph, whatever names the input held
+        return getattr(error, "exit_code", EXIT_INPUT_ERROR)
     except BrokenPipeError:  # output piped into a command that stopped reading (e.g. head)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return EXIT_BUG

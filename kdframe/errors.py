@@ -43,8 +43,17 @@ class RunFolderError(KdframeError):
     """The run folder cannot be used (it already holds a run, or it is not writable)."""
 
 
+class StorageError(KdframeError):
+    """A file cannot be written: the disk is full, the file system is read-only, or permission is
+    denied. The message names the file, the reason and what to do; an earlier file is left intact."""
+
+
 class TrainingError(KdframeError):
     """Training cannot continue (a non-finite loss, a collapse with ``on_collapse: stop``)."""
+
+
+class ResumeError(KdframeError):
+    """A run cannot be resumed as asked (e.g. the schedule changed and --force was not given)."""
 
 
 class SweepError(KdframeError):

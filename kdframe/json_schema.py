@@ -3,10 +3,15 @@
 Each component reference (``{"name": ..., "params": ...}``, a model's ``arch``, the data's
 ``dataset``) gets one ``if``/``then`` branch per registered component, so that an editor that knows
 JSON Schema completes and checks the params of the component a schedule names.
+
+Files generated from the registry and kept in the repository (``docs/schedule.schema.json``, the
+method reference in ``docs/methods.md``) describe the first-party components only
+(:func:`first_party_registry`), so that they are the same whatever other plugins are installed.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from typing import Any
 
@@ -14,6 +19,17 @@ from kdframe.registry import Registry
 from kdframe.schedule import Schedule
 
 SCHEMA_ID = "https://kdframe.dev/schemas/schedule.json"
+#: The distribution whose entry points are the first-party plugins.
+FIRST_PARTY_DISTRIBUTION = "kdframe"
+
+
+def first_party_registry() -> Registry:
+    """The components of kdframe's own plugins only: the entry points of the ``kdframe`` distribution,
+    without those of any other installed distribution (the ``KDFRAME_*_PLUGINS`` variables still apply)."""
+    from kdframe.plugins import create_plugins
+
+    distribution = importlib.metadata.distribution(FIRST_PARTY_DISTRIBUTION)
+    return create_plugins(load_entry_points=True, distributions=[distribution]).registry
 
 # Schedule definition -> (component kind, field holding the component's name).
 _REFERENCES = {

@@ -1,28 +1,91 @@
-"""The plugin-manager factory: entry points, blocking, provenance and ``check_pending()``.
+"""The plugin-manager factory: entry points, selection, provenance and hook errors that name a plugin.
 
 There is no module-level plugin manager: every run (and every test) builds its own with
 :func:`create_plugins`, which loads the ``kdframe`` entry points of the installed distributions in a
-deterministic order, records which distribution provided each plugin, checks that every hook a plugin
-implements exists, and builds the component :class:`~kdframe.registry.Registry` from them.
+deterministic order (allow- and block-lists applied), records which distribution provided each plugin,
+checks that every hook a plugin implements exists and that the plugin was written for this plugin-API
+major version, and builds the component :class:`~kdframe.registry.Registry` from them.
+
+A broken plugin (import error, unknown hook, hookimpl with a wrong signature, failing registration
+hook, other API version) is an error naming the plugin and its distribution, or, when
+``skip_broken`` is on, a warning, and the plugin is left out.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.metadata
 import os
-from collections.abc import Iterable, Sequence
+import types
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
 from kdframe import hookspecs
-from kdframe.errors import PluginError
+from kdframe.errors import KdframeError, PluginError, suggest
 from kdframe.registry import Provider, Registry, build_registry
 
 ENTRY_POINT_GROUP = "kdframe"
 DISABLE_AUTOLOAD_ENV = "KDFRAME_DISABLE_PLUGIN_AUTOLOAD"
+ALLOW_ENV = "KDFRAME_ALLOW_PLUGINS"
 BLOCK_ENV = "KDFRAME_BLOCK_PLUGINS"
+SKIP_BROKEN_ENV = "KDFRAME_SKIP_BROKEN_PLUGINS"
+#: Module attribute a plugin may set to the plugin-API major version it was written for.
+API_ATTRIBUTE = "KDFRAME_PLUGIN_API"
+EVENT_HOOK_PREFIX = "kdframe_on_"
+
+
+class BrokenPluginWarning(UserWarning):
+    """A broken plugin was skipped because skipping broken plugins is switched on."""
+
+
+def api_major() -> int:
+    """The major version of kdframe's plugin API (:data:`kdframe.hookspecs.PLUGIN_API_VERSION`)."""
+    return int(str(hookspecs.PLUGIN_API_VERSION).split(".")[0])
+
+
+class NamingHookRelay:
+    """The plugin manager's hook relay, except that an exception raised inside an event hook
+    implementation becomes a :class:`PluginError` that names the plugin and its distribution."""
+
+    def __init__(self, pm: pluggy.PluginManager, providers: dict[str, Provider]) -> None:
+        self._pm = pm
+        self._providers = providers
+
+    def __getattr__(self, name: str) -> Any:
+        caller = getattr(self._pm.hook, name)
+        if not name.startswith(EVENT_HOOK_PREFIX):
+            return caller
+
+        def call(**kwargs: Any) -> Any:
+            try:
+                return caller(**kwargs)
+            except Exception as error:
+                raise _named_error(caller, name, error, self._providers) from error
+
+        return call
+
+
+def _named_error(caller: Any, hook_name: str, error: Exception, providers: dict[str, Provider]) -> Exception:
+    """Find the hook implementation the exception came from by walking its traceback."""
+    owners = {impl.function.__code__: impl.plugin_name for impl in caller.get_hookimpls()}
+    culprit = None
+    traceback = error.__traceback__
+    while traceback is not None:
+        culprit = owners.get(traceback.tb_frame.f_code, culprit)
+        traceback = traceback.tb_next
+    if culprit is None:
+        return error
+    provider = providers.get(culprit) or Provider(culprit, "", "", "")
+    detail = f"{type(error).__name__}: {error}" if not isinstance(error, KdframeError) else str(error)
+    return PluginError(
+        f"{provider.describe()} raised an error in {hook_name}: {detail}. The stages that finished "
+        "before it are saved in the run folder. Fix or update the plugin, or leave it out with "
+        f"{BLOCK_ENV}={culprit} or the schedule's \"plugins\": {{\"block\": [\"{culprit}\"]}}."
+    )
 
 
 @dataclass
@@ -35,23 +98,36 @@ class Plugins:
 
     @property
     def hook(self) -> Any:
-        """The hook relay (``plugins.hook.kdframe_on_run_start(...)``)."""
-        return self.pm.hook
+        """The hook relay (``plugins.hook.kdframe_on_run_start(...)``); errors in event hooks name
+        the plugin that raised them."""
+        return NamingHookRelay(self.pm, self.providers)
 
     def register_for_run(self, plugin: object, name: str) -> None:
         """Register a per-run plugin object (a logger) and check its hook names."""
         self.pm.register(plugin, name=name)
-        _check_pending(self.pm, {name: Provider(name, "", "", type(plugin).__module__)})
+        self.providers[name] = Provider(name, "", "", type(plugin).__module__)
+        _check_pending(self.pm, self.providers, skip_broken=False)
 
     def unregister(self, name: str) -> None:
         """Remove a per-run plugin object registered with :meth:`register_for_run`."""
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin)
+        self.providers.pop(name, None)
 
 
-def _env_list(name: str) -> set[str]:
-    return {item.strip() for item in os.environ.get(name, "").split(",") if item.strip()}
+def env_list(name: str) -> list[str]:
+    """A comma-separated environment variable as a list of its non-empty items."""
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def env_flag(name: str) -> bool:
+    """An environment variable that is set to anything but '', '0', 'false' or 'no'."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _entry_points(
@@ -70,24 +146,66 @@ def _entry_points(
     return [found[key] for key in sorted(found)]
 
 
-def _check_pending(pm: pluggy.PluginManager, providers: dict[str, Provider]) -> None:
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as error:
-        plugin_name = pm.get_name(error.plugin) or "?"
-        provider = providers.get(plugin_name)
-        where = provider.describe() if provider else f"plugin '{plugin_name}'"
+def _check_pending(pm: pluggy.PluginManager, providers: dict[str, Provider], *, skip_broken: bool) -> None:
+    """Every hook a plugin implements must be declared; a plugin that implements others is broken."""
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as error:
+            plugin_name = pm.get_name(error.plugin) or "?"
+            provider = providers.get(plugin_name)
+            where = provider.describe() if provider else f"plugin '{plugin_name}'"
+            declared = [name for name in dir(hookspecs) if name.startswith("kdframe_")]
+            unknown = [
+                name for name in dir(error.plugin)
+                if name.startswith("kdframe_") and name not in declared and callable(getattr(error.plugin, name))
+            ]
+            hint = "".join(suggest(name, declared) for name in unknown)
+            message = (
+                f"{where} implements a hook that kdframe does not define: {', '.join(unknown) or error}."
+                f"{hint} Hook names start with 'kdframe_' and are listed in docs/hooks.md; check the "
+                "spelling, or update the plugin."
+            )
+            if not skip_broken:
+                raise PluginError(message) from error
+            _skip(pm, providers, plugin_name, message)
+
+
+def _skip(pm: pluggy.PluginManager, providers: dict[str, Provider], name: str, message: str) -> None:
+    warnings.warn(f"Skipping a broken plugin: {message}", BrokenPluginWarning, stacklevel=3)
+    plugin = pm.get_plugin(name)
+    if plugin is not None:
+        pm.unregister(plugin)
+    providers.pop(name, None)
+    pm.set_blocked(name)
+
+
+def _check_api(plugin: object, provider: Provider) -> None:
+    """A plugin that declares another plugin-API major version is refused."""
+    declared = getattr(plugin, API_ATTRIBUTE, None)
+    if declared is None:
+        return
+    if isinstance(declared, bool) or not isinstance(declared, int):
         raise PluginError(
-            f"{where} implements a hook that kdframe does not define: {error}. Hook names start "
-            "with 'kdframe_' and are listed in docs/hooks.md; check the spelling."
-        ) from error
+            f"{provider.describe()} sets {API_ATTRIBUTE} = {declared!r}; it must be an int, the "
+            "plugin-API major version the plugin was written for."
+        )
+    if declared != api_major():
+        raise PluginError(
+            f"{provider.describe()} was written for kdframe plugin API {declared}, but this kdframe "
+            f"({hookspecs.PLUGIN_API_VERSION}) provides API {api_major()}. Install a version of the "
+            "plugin made for this kdframe, or a kdframe that matches the plugin."
+        )
 
 
 def create_plugins(
     *,
     load_entry_points: bool | None = None,
     plugins: Sequence[tuple[str, object]] = (),
+    allowed: Iterable[str] | None = None,
     blocked: Iterable[str] = (),
+    skip_broken: bool | None = None,
     distributions: Iterable[importlib.metadata.Distribution] | None = None,
 ) -> Plugins:
     """Build a plugin manager, load plugins and index their components.
@@ -96,52 +214,103 @@ def create_plugins(
         load_entry_points: Load the ``kdframe`` entry points of installed distributions. ``None``
             means yes unless the environment variable ``KDFRAME_DISABLE_PLUGIN_AUTOLOAD`` is set.
         plugins: Extra ``(name, plugin)`` pairs to register (modules or objects), after entry points.
-        blocked: Plugin (entry-point) names not to load, added to ``KDFRAME_BLOCK_PLUGINS``.
+        allowed: Entry-point plugin names (wildcards allowed) to load; the others are not loaded.
+            ``None`` (and an empty ``KDFRAME_ALLOW_PLUGINS``) means all. Combined with
+            ``KDFRAME_ALLOW_PLUGINS``: a plugin is loaded only when both allow it. A name given here
+            that matches no installed plugin is an error.
+        blocked: Plugin names (wildcards allowed) not to load, added to ``KDFRAME_BLOCK_PLUGINS``.
+        skip_broken: Leave out a plugin that fails to load, implements an unknown hook, declares
+            another plugin-API version or fails in a registration hook, with a warning, instead of
+            raising. ``None`` means the environment variable ``KDFRAME_SKIP_BROKEN_PLUGINS``.
         distributions: The distributions to scan (default: all installed); tests pass fakes.
 
     Raises:
-        PluginError: A plugin fails to import or register, or implements an unknown hook.
+        PluginError: A plugin is broken (and ``skip_broken`` is off), or ``allowed`` names a plugin
+            that is not installed.
         ComponentError: Two plugins register a component of the same kind and name.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     providers: dict[str, Provider] = {}
-    blocked_names = set(blocked) | _env_list(BLOCK_ENV)
-    for name in blocked_names:
-        pm.set_blocked(name)
+    block_patterns = [*blocked, *env_list(BLOCK_ENV)]
+    allow_lists = [list(allowed)] if allowed is not None else []
+    if env_list(ALLOW_ENV):
+        allow_lists.append(env_list(ALLOW_ENV))
+    if skip_broken is None:
+        skip_broken = env_flag(SKIP_BROKEN_ENV)
+
+    def refuse(provider: Provider, message: str, error: BaseException | None = None) -> None:
+        if not skip_broken:
+            raise PluginError(message) from error
+        _skip(pm, providers, provider.plugin, message)
 
     if load_entry_points is None:
-        load_entry_points = not os.environ.get(DISABLE_AUTOLOAD_ENV)
-    if load_entry_points:
-        dists = importlib.metadata.distributions() if distributions is None else distributions
-        for entry_point, provider in _entry_points(dists):
-            if pm.is_blocked(entry_point.name):
-                continue
-            if pm.get_plugin(entry_point.name) is not None:
-                other = providers[entry_point.name]
-                raise PluginError(
-                    f"Two distributions declare a kdframe plugin named '{entry_point.name}': "
-                    f"{other.distribution} and {provider.distribution}. Uninstall one of them."
-                )
-            try:
-                plugin = entry_point.load()
-                pm.register(plugin, name=entry_point.name)
-            except Exception as error:  # name the broken plugin instead of a bare ImportError
-                raise PluginError(
-                    f"{provider.describe()} could not be loaded from '{entry_point.value}': "
-                    f"{type(error).__name__}: {error}. Reinstall or uninstall that distribution, "
-                    f"or block it with {BLOCK_ENV}={entry_point.name}."
-                ) from error
-            providers[entry_point.name] = provider
-
-    for name, plugin in plugins:
-        if pm.is_blocked(name):
+        load_entry_points = not env_flag(DISABLE_AUTOLOAD_ENV)
+    found = _entry_points(importlib.metadata.distributions() if distributions is None else distributions) if load_entry_points else []
+    if allowed is not None:
+        names = sorted({provider.plugin for _, provider in found} | {name for name, _ in plugins})
+        missing = [pattern for pattern in allowed if not any(fnmatch.fnmatchcase(name, pattern) for name in names)]
+        if missing:
+            hints = "".join(suggest(pattern, names) for pattern in missing)
+            raise PluginError(
+                f"The plugin allow-list names {', '.join(repr(m) for m in missing)}, which no installed "
+                f"distribution provides.{hints} Installed plugins: {', '.join(names) or 'none'}. "
+                "Install the plugin's distribution or correct the name."
+            )
+    for entry_point, provider in found:
+        if _matches(entry_point.name, block_patterns) or not all(_matches(entry_point.name, allow) for allow in allow_lists):
+            pm.set_blocked(entry_point.name)
+            continue
+        if pm.get_plugin(entry_point.name) is not None:
+            other = providers[entry_point.name]
+            raise PluginError(
+                f"Two distributions declare a kdframe plugin named '{entry_point.name}': "
+                f"{other.distribution} and {provider.distribution}. Uninstall one of them."
+            )
+        try:
+            plugin = entry_point.load()
+        except Exception as error:  # name the broken plugin instead of a bare ImportError
+            refuse(
+                provider,
+                f"{provider.describe()} could not be loaded from '{entry_point.value}': "
+                f"{type(error).__name__}: {error}. Reinstall or uninstall that distribution, or block "
+                f"it with {BLOCK_ENV}={entry_point.name}.",
+                error,
+            )
             continue
         try:
-            pm.register(plugin, name=name)
-        except ValueError as error:
-            raise PluginError(f"Cannot register plugin '{name}': {error}") from error
-        providers[name] = Provider(name, "", "", getattr(plugin, "__name__", type(plugin).__module__))
+            _check_api(plugin, provider)
+            pm.register(plugin, name=entry_point.name)
+        except PluginError as error:
+            refuse(provider, str(error), error)
+            continue
+        except (pluggy.PluginValidationError, ValueError) as error:
+            refuse(
+                provider,
+                f"{provider.describe()} has a hook implementation that does not match kdframe's "
+                f"hooks: {error}. Compare its signature with docs/hooks.md (an implementation may "
+                f"take fewer arguments than the hook, never others), or block it with "
+                f"{BLOCK_ENV}={entry_point.name}.",
+                error,
+            )
+            continue
+        providers[entry_point.name] = provider
 
-    _check_pending(pm, providers)
-    return Plugins(pm=pm, providers=providers, registry=build_registry(pm, providers))
+    for name, plugin in plugins:
+        if _matches(name, block_patterns):
+            continue
+        module = getattr(plugin, "__name__", None) if isinstance(plugin, types.ModuleType) else None
+        provider = Provider(name, "", "", module or type(plugin).__module__)
+        try:
+            _check_api(plugin, provider)
+            pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as error:
+            raise PluginError(f"Cannot register plugin '{name}': {error}") from error
+        providers[name] = provider
+
+    _check_pending(pm, providers, skip_broken=skip_broken)
+    on_broken: Callable[[Provider, str], None] | None = None
+    if skip_broken:
+        def on_broken(provider: Provider, message: str) -> None:
+            _skip(pm, providers, provider.plugin, message)
+    return Plugins(pm=pm, providers=providers, registry=build_registry(pm, providers, on_broken=on_broken))

@@ -191,13 +191,19 @@ class Registry:
         names = sorted(available)
         listing = ", ".join(names) if names else "none"
         raise ComponentError(
-            f"Unknown {kind} '{name}'.{suggest(name, names)} Available {kind}s: {listing}. "
+            f"Unknown {kind} {name!r}.{suggest(name, names)} Available {kind}s: {listing}. "
             "Run 'kdframe plugins' to see every component and the plugin that provides it."
         )
 
     def spec(self, kind: str, name: str) -> ComponentSpec:
         """Shorthand for ``get(kind, name).spec``."""
         return self.get(kind, name).spec
+
+    def remove_plugin(self, plugin: str) -> None:
+        """Drop every component the named plugin registered (a broken plugin that is skipped)."""
+        for components in self.components.values():
+            for name in [name for name, c in components.items() if c.provider.plugin == plugin]:
+                del components[name]
 
     def names(self, kind: str) -> list[str]:
         """Sorted names of the components of one kind."""
@@ -212,32 +218,54 @@ class Registry:
                     yield self.components[each][name]
 
 
-def build_registry(pm: pluggy.PluginManager, providers: dict[str, Provider]) -> Registry:
+def build_registry(
+    pm: pluggy.PluginManager,
+    providers: dict[str, Provider],
+    on_broken: Callable[[Provider, str], None] | None = None,
+) -> Registry:
     """Call every registration hook implementation and index what it returns.
 
     Args:
         pm: A plugin manager with the kdframe hookspecs and the plugins loaded.
-        providers: Provenance by plugin name, as recorded by :func:`kdframe.plugins.create_plugin_manager`.
+        providers: Provenance by plugin name, as recorded by :func:`kdframe.plugins.create_plugins`.
+        on_broken: Called with the provider and the error message when a plugin's registration hook
+            fails or returns something that is not a valid spec; its components are then left out
+            of the registry. ``None`` raises the error instead.
     """
     registry = Registry()
+    broken: set[str] = set()
     for kind, hook_name in REGISTRATION_HOOKS.items():
         hook = getattr(pm.hook, hook_name)
         # Reversed so that the order is registration order (pluggy calls last-registered first).
         for impl in reversed(hook.get_hookimpls()):
+            if impl.plugin_name in broken:
+                continue
             provider = providers.get(impl.plugin_name) or Provider(
                 impl.plugin_name, "", "", getattr(impl.plugin, "__name__", type(impl.plugin).__name__)
             )
             try:
-                specs = impl.function()
-            except Exception as error:  # a broken plugin must be named, not swallowed
-                raise PluginError(
-                    f"{provider.describe()} failed in {hook_name}: {type(error).__name__}: {error}"
-                ) from error
-            for spec in specs or []:
-                if getattr(spec, "kind", None) != kind:
-                    raise PluginError(
-                        f"{provider.describe()} returned {spec!r} from {hook_name}; that hook takes "
-                        f"{KINDS[kind].__name__} objects only."
-                    )
-                registry.add(spec, provider)
+                _register_from(registry, impl, provider, kind, hook_name)
+            except PluginError as error:
+                if on_broken is None:
+                    raise
+                broken.add(impl.plugin_name)
+                registry.remove_plugin(impl.plugin_name)
+                on_broken(provider, str(error))
     return registry
+
+
+def _register_from(registry: Registry, impl: Any, provider: Provider, kind: str, hook_name: str) -> None:
+    """Add what one registration hook implementation returns."""
+    try:
+        specs = impl.function()
+    except Exception as error:  # a broken plugin must be named, not swallowed
+        raise PluginError(
+            f"{provider.describe()} failed in {hook_name}: {type(error).__name__}: {error}"
+        ) from error
+    for spec in specs or []:
+        if getattr(spec, "kind", None) != kind:
+            raise PluginError(
+                f"{provider.describe()} returned {spec!r} from {hook_name}; that hook takes "
+                f"{KINDS[kind].__name__} objects only."
+            )
+        registry.add(spec, provider)

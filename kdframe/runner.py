@@ -7,6 +7,7 @@ and every loss term's layers and adapters (built from a dry run). Only then is t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -15,6 +16,7 @@ import random
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,17 +25,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdframe import checkpoints, folders
+from kdframe import checkpoints, distributed, folders, teacher_cache
 from kdframe.curriculum import StagePlan, check_plan, snapshot_key, split_snapshot, with_extra_models
 from kdframe.ensemble import SoftmaxEnsemble
 from kdframe.data import InMemoryDataset
-from kdframe.errors import ComponentError, DataError, KdframeError, TrainingError
+from kdframe.errors import ComponentError, DataError, KdframeError, ResumeError, RunFolderError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import BuildContext
 from kdframe.value_schedule import describe_value
 from kdframe.plugins import Plugins, create_plugins
 from kdframe.results import RESULTS_FILE, format_table, write_results
+from kdframe.resume import StopSignals, load_stage_state, save_stage_state, schedule_diff, set_rng_state
 from kdframe.schedule import (
+    PluginsConfig,
     Schedule,
     apply_overrides,
     component_params,
@@ -92,9 +96,19 @@ def load_schedule(path: str | Path, overrides: list[str] | None = None, plugins:
     source = f"Schedule '{path}'"
     raw = apply_overrides(load_json(path), overrides or [])
     schedule = parse_schedule(raw, source)
-    plugins = plugins or create_plugins()
+    plugins = plugins or plugins_for(schedule.plugins)
     validate_components(schedule, plugins.registry, source)
     return schedule, plugins, resolved(schedule, plugins.registry)
+
+
+def plugins_for(selection: PluginsConfig) -> Plugins:
+    """Build the plugin manager a schedule's ``plugins`` section asks for (environment variables
+    add to it; ``skip_broken: false`` leaves ``KDFRAME_SKIP_BROKEN_PLUGINS`` in charge)."""
+    return create_plugins(
+        allowed=selection.allow,
+        blocked=selection.block,
+        skip_broken=True if selection.skip_broken else None,
+    )
 
 
 def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, Any]) -> Experiment:
@@ -122,6 +136,7 @@ def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, A
     for index, setup in enumerate(setups):
         setup.info = dataclasses.replace(setup.info, index=index)
     experiment.setups = setups
+    teacher_cache.check_settings(schedule, setups, data)
     return experiment
 
 
@@ -316,12 +331,27 @@ def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def execute(experiment: Experiment, folder: Path, *, quiet: bool = False) -> list[StageResult]:
-    """Train every stage of a prepared experiment, writing into ``folder``; return the results."""
+def execute(
+    experiment: Experiment,
+    folder: Path,
+    *,
+    quiet: bool = False,
+    finished: dict[str, dict[str, Any]] | None = None,
+) -> list[StageResult]:
+    """Train every stage of a prepared experiment, writing into ``folder``; return the results.
+
+    ``finished`` (when resuming) maps the names of stages that already finished to their rows of
+    ``results.json``: those stages are restored from their folders instead of trained, and the first
+    other stage continues from its last saved epoch.
+    """
     schedule, plugins = experiment.schedule, experiment.plugins
-    device = pick_device(schedule.device)
+    device = distributed.local_device(pick_device(schedule.device))
+    distributed.init_from_env(device)  # under torchrun (a no-op when run_schedule joined already)
     experiment.device = device
-    (folder / SCHEDULE_FILE).write_text(json.dumps(experiment.resolved, indent=2) + "\n")
+    resuming = finished is not None
+    main = distributed.is_main()  # with several processes only rank 0 writes files and logs
+    if not resuming and main:
+        folders.write_text_atomic(folder / SCHEDULE_FILE, json.dumps(experiment.resolved, indent=2) + "\n")
     data = experiment.data.to(device)
     for model in experiment.models.values():
         model.to(device)
@@ -332,6 +362,7 @@ def execute(experiment: Experiment, folder: Path, *, quiet: bool = False) -> lis
             setup.student.to(memory_format=torch.channels_last)
             for teacher in setup.teachers:
                 teacher.to(memory_format=torch.channels_last)
+    restore_batchnorm = distributed.sync_batchnorm(experiment.models.values(), distributed.current())
 
     stage_infos = []
     for setup in experiment.setups:
@@ -341,7 +372,7 @@ def execute(experiment: Experiment, folder: Path, *, quiet: bool = False) -> lis
     run = RunInfo(schedule.name, str(folder), experiment.resolved, tuple(stage_infos), str(device))
 
     logger_names = []
-    for index, ref in enumerate(schedule.logging.loggers):
+    for index, ref in enumerate(schedule.logging.loggers if main else []):
         if quiet and ref.name == "progress":
             continue
         spec = plugins.registry.spec("logger", ref.name)
@@ -352,26 +383,38 @@ def execute(experiment: Experiment, folder: Path, *, quiet: bool = False) -> lis
 
     results: list[StageResult] = []
     current: StageInfo | None = None
+    stop_signals = StopSignals()
     try:
         control = Control()
         plugins.hook.kdframe_on_run_start(run=run, control=control)
         for setup in experiment.setups:
             if control.stop_run:
                 break
+            if resuming and setup.info.name in finished:
+                restore_finished_stage(experiment, setup)
+                results.append(stage_result_from_row(finished[setup.info.name]))
+                continue
             current = setup.info
-            result, stop_run = run_stage(experiment, setup, run, folder, data, device)
+            with stop_signals.installed(), deterministic_algorithms(schedule.deterministic):
+                result, stop_run = run_stage(
+                    experiment, setup, run, folder, data, device, resume=resuming, stop_requested=stop_signals
+                )
+            resuming = False  # only the first unfinished stage continues from a saved state
             results.append(result)
-            write_results(folder, schedule.name, results, finished=False)
+            if main:
+                write_results(folder, schedule.name, results, finished=False)
             stage_control = Control(stop_run=stop_run)
             plugins.hook.kdframe_on_stage_end(run=run, stage=setup.info, result=result, control=stage_control)
             control.stop_run = stage_control.stop_run
             current = None
-        write_results(folder, schedule.name, results, finished=True)
+        if main:
+            write_results(folder, schedule.name, results, finished=True)
         plugins.hook.kdframe_on_run_end(run=run, results=results)
     except BaseException as error:
         plugins.hook.kdframe_on_exception(run=run, stage=current, error=error)
         raise
     finally:
+        restore_batchnorm()
         for setup in experiment.setups:
             for tap in (setup.student_tap, setup.teacher_tap):
                 if tap is not None:
@@ -382,14 +425,32 @@ def execute(experiment: Experiment, folder: Path, *, quiet: bool = False) -> lis
 
 
 def run_stage(
-    experiment: Experiment, setup: StageSetup, run: RunInfo, folder: Path, data: InMemoryDataset, device: torch.device
+    experiment: Experiment,
+    setup: StageSetup,
+    run: RunInfo,
+    folder: Path,
+    data: InMemoryDataset,
+    device: torch.device,
+    *,
+    resume: bool = False,
+    stop_requested: Callable[[], str | None] = lambda: None,
 ) -> tuple[StageResult, bool]:
     """Train (or, for an ensemble, evaluate) one stage, save its student and snapshots; return its
-    result and whether a hook asked to stop the run."""
+    result and whether a hook asked to stop the run.
+
+    The global random generators are seeded from the run's seed and the stage's name, so a stage
+    trains the same whatever ran before it. After every epoch the stage's full state is saved to
+    ``state.pt`` in its folder; with ``resume`` the stage continues from that state when it exists.
+    """
     schedule, plugins = experiment.schedule, experiment.plugins
     started = time.perf_counter()
     stage_folder = Path(setup.info.folder)
     stage_folder.mkdir(parents=True, exist_ok=True)
+    seed_everything(derived_seed(schedule.seed, f"stage:{setup.info.name}"))
+    saved = load_stage_state(stage_folder, setup.info.name) if resume and setup.phase != "ensemble" else None
+    if saved is not None:
+        set_rng_state(saved["rng"])
+        restore_plugin_state(plugins, run, setup.info, saved["plugins"])
     key = setup.info.student
     save: Any = None
     if setup.phase != "ensemble":
@@ -397,6 +458,8 @@ def run_stage(
         params = component_params(plugins.registry, "model", model_config.arch, model_config.params, "")
 
         def save(path: Path, model: nn.Module) -> None:
+            if not distributed.is_main():
+                return
             checkpoints.save_model(path, model, key=key, arch=model_config.arch, params=params.model_dump(mode="json"))
 
     taken: set[int] = set()
@@ -410,6 +473,21 @@ def run_stage(
         taken.add(epoch)
         return path
 
+    if saved is not None:
+        # Snapshots taken before the interruption: reload the copies later stages learn from.
+        for epoch in setup.snapshots:
+            path = stage_folder / f"epoch-{epoch}.pt"
+            if epoch <= saved["trainer"]["epochs_done"] and path.is_file():
+                copy_key = snapshot_key(key, epoch)
+                if copy_key in experiment.models:
+                    checkpoints.load_into(experiment.models[copy_key], path, label=f"snapshot '{copy_key}'")
+                taken.add(epoch)
+
+    def save_state(trainer_state: dict[str, Any]) -> None:
+        if not distributed.is_main():
+            return
+        save_stage_state(stage_folder, setup.info.name, trainer_state, collect_plugin_state(plugins, run, setup.info))
+
     trainer = Trainer(
         setup,
         data,
@@ -420,6 +498,9 @@ def run_stage(
         eval_batch_size=schedule.data.eval_batch_size,
         seed=schedule.seed,
         save_snapshot=snapshot,
+        save_state=save_state if setup.phase != "ensemble" else None,
+        resume_state=saved["trainer"] if saved is not None else None,
+        stop_requested=stop_requested,
     )
     outcome = trainer.train()
     missing = sorted(set(setup.snapshots) - taken)
@@ -445,8 +526,74 @@ def run_stage(
         wall_time_s=round(time.perf_counter() - started, 3),
         checkpoint=os.path.relpath(checkpoint, folder) if save is not None else "",
         collapsed=outcome.collapsed,
+        skipped_batches=outcome.skipped_batches,
     )
     return result, outcome.stop_run
+
+
+def restore_finished_stage(experiment: Experiment, setup: StageSetup) -> None:
+    """Load what a stage that finished before an interruption left: its student (``student.pt``),
+    its loss terms' modules (``state.pt``) and its snapshots, for the stages that follow."""
+    stage_folder = Path(setup.info.folder)
+    if setup.phase == "ensemble":
+        return
+    key = setup.info.student
+    label = f"model '{key}' (stage '{setup.info.name}')"
+    checkpoints.load_into(setup.student, stage_folder / "student.pt", label=label, expected_arch=setup.info.arch)
+    saved = load_stage_state(stage_folder, setup.info.name)
+    if saved is not None:
+        for weighted in setup.terms:
+            weighted.term.load_state_dict(saved["trainer"]["terms"][weighted.name])
+    if setup.phase == "pretrain":
+        for weighted in setup.terms:
+            weighted.term.end_pretraining()
+    for epoch in setup.snapshots:
+        copy_key = snapshot_key(key, epoch)
+        if copy_key in experiment.models:
+            checkpoints.load_into(experiment.models[copy_key], stage_folder / f"epoch-{epoch}.pt", label=f"snapshot '{copy_key}'")
+
+
+def stage_result_from_row(row: dict[str, Any]) -> StageResult:
+    """A :class:`StageResult` read back from a row of ``results.json``."""
+    names = {f.name for f in dataclasses.fields(StageResult)}
+    values = {name: value for name, value in row.items() if name in names}
+    values["teachers"] = tuple(values.get("teachers", ()))
+    return StageResult(**values)
+
+
+def collect_plugin_state(plugins: Plugins, run: RunInfo, stage: StageInfo) -> dict[str, Any]:
+    """What each event-hook plugin wants kept in a stage checkpoint, by plugin name."""
+    hook = plugins.pm.hook.kdframe_state_dict
+    states = {}
+    for impl in hook.get_hookimpls():
+        value = impl.function(run=run, stage=stage)
+        if value is not None:
+            states[impl.plugin_name] = value
+    return states
+
+
+def restore_plugin_state(plugins: Plugins, run: RunInfo, stage: StageInfo, states: dict[str, Any]) -> None:
+    """Hand each plugin back the state it gave :func:`collect_plugin_state`."""
+    for impl in plugins.pm.hook.kdframe_load_state_dict.get_hookimpls():
+        if impl.plugin_name in states:
+            impl.function(run=run, stage=stage, state=states[impl.plugin_name])
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Within the block, only deterministic algorithms (``deterministic: true``)."""
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[1], previous[2]
 
 
 def run_schedule(
@@ -460,9 +607,85 @@ def run_schedule(
     """Validate, prepare and run a schedule file; return the run folder and the stage results."""
     schedule, plugins, resolved_schedule = load_schedule(path, overrides, plugins)
     experiment = prepare(schedule, plugins, resolved_schedule)
-    folder = make_run_folder(schedule, out)
+    # Under torchrun: join the process group; rank 0 claims the run folder and tells the others.
+    env = distributed.init_from_env(pick_device(schedule.device))
+    folder = distributed.broadcast_object(make_run_folder(schedule, out) if env.is_main else None)
     results = execute(experiment, folder, quiet=quiet)
     return folder, results
 
 
-__all__ = ["RESULTS_FILE", "format_table", "load_schedule", "prepare", "run_schedule", "execute"]
+def resume_run(
+    folder: str | Path,
+    *,
+    schedule_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    plugins: Plugins | None = None,
+) -> tuple[Path, list[StageResult]]:
+    """Continue an interrupted run in its own folder: finished stages are restored, not re-run, and
+    the unfinished stage continues from its last completed epoch.
+
+    The run continues with the schedule it started with (``schedule.json`` in the folder). A schedule
+    file or overrides that change it are refused, with the list of changes, unless ``force``.
+    """
+    folder = Path(folder)
+    stored_path = folder / SCHEDULE_FILE
+    if not stored_path.is_file():
+        raise RunFolderError(
+            f"'{folder}' is not a kdframe run folder (it has no {SCHEDULE_FILE}). Give the folder that "
+            "'kdframe run' printed as 'Run folder:'."
+        )
+    stored = load_json(stored_path)
+    previous = read_results(folder)
+    if previous.get("finished"):
+        raise RunFolderError(
+            f"The run in '{folder}' already finished; there is nothing to resume. Start a new run with "
+            "'kdframe run' (with --out to choose its folder)."
+        )
+    source = Path(schedule_path) if schedule_path is not None else stored_path
+    schedule, plugins, resolved_schedule = load_schedule(source, overrides, plugins)
+    changes = schedule_diff(stored, resolved_schedule)
+    if changes and not force:
+        listing = "\n".join(f"  - {line}" for line in changes[:20])
+        more = f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else ""
+        raise ResumeError(
+            f"The schedule differs from the one the run in '{folder}' started with ({len(changes)} "
+            f"change(s)):\n{listing}{more}\nResume without --schedule/--set to continue as it started, "
+            "or add --force to continue with the changed schedule (earlier stages keep their results)."
+        )
+    experiment = prepare(schedule, plugins, resolved_schedule)
+    names = {setup.info.name for setup in experiment.setups}
+    finished = {row["stage"]: row for row in previous.get("stages", []) if isinstance(row, dict) and "stage" in row}
+    unknown = sorted(set(finished) - names)
+    if unknown:
+        raise ResumeError(
+            f"results.json in '{folder}' lists finished stage(s) {unknown} that the schedule no longer "
+            "has. Resume with the schedule the run started with."
+        )
+    folders.check_writable(folder, folders.MIN_FREE_BYTES)
+    if changes:
+        number = len(list(folder.glob("schedule.before-resume-*.json"))) + 1
+        folders.write_text_atomic(folder / f"schedule.before-resume-{number}.json", stored_path.read_text())
+        folders.write_text_atomic(stored_path, json.dumps(resolved_schedule, indent=2) + "\n")
+    return folder, execute(experiment, folder, quiet=quiet, finished=finished)
+
+
+def read_results(folder: Path) -> dict[str, Any]:
+    """``results.json`` of a run folder (an empty, unfinished one when it was never written)."""
+    path = folder / RESULTS_FILE
+    if not path.exists():
+        return {"finished": False, "stages": []}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(
+            f"'{path}' cannot be read ({error}). It is only ever replaced atomically, so the file was "
+            "changed by hand; restore it, or delete it to re-run every stage."
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages", []), list):
+        raise RunFolderError(f"'{path}' is not a kdframe results file. Restore it, or delete it to re-run every stage.")
+    return data
+
+
+__all__ = ["RESULTS_FILE", "format_table", "load_schedule", "prepare", "run_schedule", "resume_run", "execute"]

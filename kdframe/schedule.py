@@ -138,11 +138,35 @@ class TrainingConfig(StrictModel):
     channels_last: bool = Field(
         True, description="Use the channels_last memory layout for 4-D inputs (faster convnets on CPU)."
     )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Model forward passes under autocast in this dtype ('fp32': no autocast). 'fp16' "
+        "adds a gradient scaler; loss terms always see float32 outputs.",
+    )
+    compile: bool = Field(False, description="Run the student's training forward pass through torch.compile.")
+    teacher_cache: Literal["auto", "memory", "disk", "off"] = Field(
+        "auto",
+        description="Compute the teachers' outputs over the training split once and reuse them: 'auto' "
+        "when valid (no augmentation, deterministic teacher), in memory or on disk by size; 'memory' "
+        "or 'disk' insist (an error where caching is invalid); 'off' runs the teachers every batch.",
+    )
     grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this.")
     on_collapse: Literal["warn", "stop"] = Field(
         "warn",
         description="What to do when test accuracy stays at chance level after the warm-up: "
         "'warn' marks the stage as collapsed in results; 'stop' ends the run with an error.",
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="What to do when a loss term is NaN or infinite: 'stop' ends the stage with an error "
+        "naming the term and step (the last epoch's checkpoint is kept); 'skip' drops the batch "
+        "without an optimizer step and counts it.",
+    )
+    max_skipped_batches: int = Field(
+        10,
+        ge=0,
+        le=1_000_000,
+        description="With on_nonfinite 'skip': more non-finite batches than this in one epoch stop the stage.",
     )
 
 
@@ -213,6 +237,23 @@ class LoggingConfig(StrictModel):
     )
 
 
+class PluginsConfig(StrictModel):
+    """Which installed plugins a run loads (applied when kdframe builds the plugin manager)."""
+
+    allow: list[str] | None = Field(
+        None,
+        description="Load only the entry-point plugins named here (wildcards allowed, e.g. 'kdframe_*'); "
+        "null loads every installed plugin. First-party plugins must be listed too.",
+    )
+    block: list[str] = Field(
+        default_factory=list, description="Entry-point plugins not to load (wildcards allowed)."
+    )
+    skip_broken: bool = Field(
+        False,
+        description="Leave out a plugin that fails to load or register, with a warning, instead of stopping.",
+    )
+
+
 class Schedule(StrictModel):
     """A complete experiment: data, models, training, distillation losses, curriculum, logging."""
 
@@ -220,6 +261,12 @@ class Schedule(StrictModel):
     name: str = Field(pattern=NAME_PATTERN, max_length=100, description="Run name (used in folder names).")
     description: str = Field("", description="Free text.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of every random number generator.")
+    deterministic: bool = Field(
+        False,
+        description="Use only deterministic algorithms (torch.use_deterministic_algorithms, no cuDNN "
+        "benchmarking) so that reruns and resumed runs match bit for bit on the same machine; "
+        "CPU runs are deterministic without it.",
+    )
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     data: DataConfig
     models: dict[str, ModelConfig] = Field(min_length=1, description="Models by name.")
@@ -227,6 +274,7 @@ class Schedule(StrictModel):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Loss terms.")
     curriculum: CurriculumConfig
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Loggers.")
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig, description="Plugin selection.")
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
@@ -258,7 +306,8 @@ def format_location(location: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += f".{part}" if text else str(part)
+            part = str(part) if str(part).isprintable() and part != "" else json.dumps(str(part))  # a key from the file
+            text += f".{part}" if text else part
     return text or "(top level)"
 
 
@@ -283,20 +332,57 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
     return lines
 
 
-def load_json(path: str | Path) -> dict[str, Any]:
-    """Read a schedule file; malformed JSON is reported with its line and column."""
+def load_json(path: str | Path, *, max_bytes: int = 10 * 2**20, max_depth: int = 64) -> dict[str, Any]:
+    """Read a schedule (or sweep) file: a JSON object in UTF-8 text.
+
+    Every problem is a :class:`ScheduleError` that names the file: a missing path, a folder or device
+    instead of a file, a file over ``max_bytes``, a byte-order mark, UTF-16 or binary content, bytes
+    that are not UTF-8, malformed JSON (with its line and column), numbers Python cannot hold,
+    nesting deeper than ``max_depth`` levels, or a top level that is not an object.
+    """
     file = Path(path)
     try:
-        raw = file.read_bytes()
+        if file.is_dir():
+            raise ScheduleError(
+                f"Schedule file '{file}' is a folder, not a file. Give the path of a .json schedule."
+            )
+        if file.exists() and not file.is_file():
+            raise ScheduleError(
+                f"Schedule file '{file}' is not a regular file (a device, pipe or socket). Give the "
+                "path of a .json schedule."
+            )
+        with open(file, "rb") as stream:
+            raw = stream.read(max_bytes + 1)
     except FileNotFoundError:
         raise ScheduleError(f"Schedule file '{file}' does not exist. Check the path.") from None
     except OSError as error:
-        raise ScheduleError(f"Cannot read schedule file '{file}': {error.strerror}.") from None
+        reason = error.strerror or type(error).__name__
+        raise ScheduleError(f"Cannot read schedule file '{file}': {reason}. Check the path and its permissions.") from None
+    if len(raw) > max_bytes:
+        limit = f"{max_bytes / 2**20:.0f} MiB" if max_bytes >= 2**20 else f"{max_bytes} bytes"
+        raise ScheduleError(
+            f"Schedule file '{file}' is larger than {limit}; a schedule is a small JSON file. Check "
+            "that the path names the schedule."
+        )
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ScheduleError(
+            f"Schedule file '{file}' starts with a UTF-8 byte-order mark (BOM). Save it as UTF-8 "
+            "without BOM (most editors offer this in their encoding menu)."
+        )
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ScheduleError(f"Schedule file '{file}' is UTF-16 text, not UTF-8. Save it as UTF-8 JSON.")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise ScheduleError(
+            f"Schedule file '{file}' is not UTF-8 text: it holds binary data (a NUL byte at offset "
+            f"{nul}). Check that the path names a JSON schedule."
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
         raise ScheduleError(
-            f"Schedule file '{file}' is not UTF-8 text (bad byte at offset {error.start}). "
+            f"Schedule file '{file}' is not UTF-8 text (bad byte at offset {error.start}, line {line}). "
             "Save it as UTF-8 JSON."
         ) from None
     try:
@@ -308,11 +394,26 @@ def load_json(path: str | Path) -> dict[str, Any]:
             "trailing comma, is the usual cause)."
         ) from None
     except RecursionError:
-        raise ScheduleError(f"Schedule file '{file}' is nested too deeply to be a schedule.") from None
+        raise ScheduleError(
+            f"Schedule file '{file}' is nested too deeply to be a schedule (over {max_depth} levels)."
+        ) from None
+    except ValueError as error:  # e.g. an integer literal of more digits than Python converts
+        raise ScheduleError(f"Schedule file '{file}' holds a value Python cannot read: {str(error)[:200]}.") from None
     if not isinstance(data, dict):
         raise ScheduleError(
             f"Schedule file '{file}' must hold a JSON object ({{...}}), not {type(data).__name__}."
         )
+    # Later steps (copies, validation) recurse into the data: refuse absurd nesting here, iteratively.
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > max_depth:
+            raise ScheduleError(
+                f"Schedule file '{file}' is nested more than {max_depth} levels deep; a schedule needs "
+                "far fewer. Check the brackets."
+            )
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return data
 
 
@@ -367,6 +468,16 @@ def parse_schedule(data: dict[str, Any], source: str = "schedule") -> Schedule:
         return Schedule.model_validate(data)
     except ValidationError as error:
         raise ScheduleError(_problems(source, format_validation_error(error))) from None
+
+
+def plugin_selection(data: Any, source: str = "schedule") -> PluginsConfig:
+    """The ``plugins`` section of a raw schedule, validated on its own: it decides which plugins load,
+    so it is read before the rest of the schedule can be checked against their components."""
+    section = data.get("plugins", {}) if isinstance(data, dict) else {}
+    try:
+        return PluginsConfig.model_validate(section)
+    except ValidationError as error:
+        raise ScheduleError(_problems(source, format_validation_error(error, prefix="plugins"))) from None
 
 
 def _problems(source: str, lines: list[str]) -> str:
@@ -427,8 +538,10 @@ def resolved(schedule: Schedule, registry: Registry) -> dict[str, Any]:
     for kind, path, ref in component_refs(schedule):
         params = component_params(registry, kind, _ref_name(kind, ref), ref.params, path)
         node: Any = data
-        for part in re.findall(r"[^.\[\]]+", path):
-            node = node[int(part)] if part.isdigit() else node[part]
+        # A model's key may hold digits and dots ("0", "t.v2"): it is one part, never an index.
+        parts = ["models", path[len("models."):]] if kind == "model" else re.findall(r"[^.\[\]]+", path)
+        for part in parts:
+            node = node[int(part)] if isinstance(node, list) else node[part]
         node["params"] = params.model_dump(mode="json")
     return data
 

@@ -106,7 +106,24 @@ class Control:
 
 @dataclass(frozen=True)
 class StageResult:
-    """What a finished stage reports (one row of ``results.json``)."""
+    """What a finished stage reports (one row of ``results.json``).
+
+    Attributes:
+        stage: The stage's name.
+        model: Schedule key of the model the stage trained.
+        arch: Its architecture (``ensemble`` for an ensemble stage).
+        teachers: Schedule keys of its teachers (empty when it learnt from labels alone).
+        epochs: Epochs the stage was set to train.
+        epochs_run: Epochs it trained (fewer when a hook stopped it).
+        final_test_acc: Test accuracy (percent) after the last epoch.
+        best_test_acc: Best test accuracy (percent) after any epoch.
+        best_epoch: The 1-based epoch of ``best_test_acc``.
+        params: Number of parameters of the trained model.
+        wall_time_s: Seconds the stage took (of the last process, for a resumed stage).
+        checkpoint: ``student.pt`` of the stage, relative to the run folder ("" for an ensemble).
+        collapsed: Whether test accuracy stayed at chance level after the warm-up.
+        skipped_batches: Batches skipped for a non-finite loss (``training.on_nonfinite: "skip"``).
+    """
 
     stage: str
     model: str
@@ -121,6 +138,7 @@ class StageResult:
     wall_time_s: float
     checkpoint: str
     collapsed: bool
+    skipped_batches: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

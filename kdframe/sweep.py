@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdframe import folders
 from kdframe.curriculum import StagePlan, check_plan, split_snapshot, with_extra_models
 from kdframe.errors import KdframeError, ScheduleError, SweepError
-from kdframe.plugins import Plugins, create_plugins
+from kdframe.plugins import Plugins
 from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, SWEEP_FILE, SweepReport, write_report
 from kdframe.schedule import (
     NAME_PATTERN,
@@ -51,6 +51,7 @@ from kdframe.schedule import (
     format_validation_error,
     load_json,
     parse_schedule,
+    plugin_selection,
     resolved,
     validate_components,
 )
@@ -409,7 +410,7 @@ def load_sweep(
     Nothing is trained and nothing is written. Raises :class:`SweepError` (or another
     :class:`KdframeError`) naming the variant and the path of every problem.
     """
-    from kdframe.runner import prepare
+    from kdframe.runner import plugins_for, prepare
 
     file = Path(path)
     data = _read_sweep_file(file)
@@ -437,7 +438,12 @@ def load_sweep(
             raise SweepError(f"Sweep file '{file}': base: {error}") from None
     else:
         base = copy.deepcopy(config.base)
-    plugins = plugins or create_plugins()
+    if plugins is None:
+        try:
+            selection = plugin_selection(base, f"Sweep file '{file}': base")
+        except ScheduleError as error:
+            raise SweepError(str(error)) from None
+        plugins = plugins_for(selection)
     registry = plugins.registry
 
     # 1. Structure, component params and the stage plan of every variant (they do not depend on the seed).

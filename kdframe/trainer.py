@@ -20,8 +20,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from kdframe import distributed, precision, teacher_cache
 from kdframe.data import InMemoryDataset, batches_per_epoch, iterate_batches
-from kdframe.errors import TrainingError
+from kdframe.errors import KdframeError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
 from kdframe.schedule import AdamConfig, LRScheduleConfig, SGDConfig, TrainingConfig
@@ -85,6 +86,13 @@ class StageOutcome:
     collapsed: bool
     stop_run: bool
     history: list[dict[str, float]] = field(default_factory=list)
+    skipped_batches: int = 0
+
+
+class RunInterrupted(KdframeError):
+    """A signal (SIGTERM, SIGINT) asked the run to stop; it stopped between two batches."""
+
+    exit_code = 130
 
 
 def make_optimizer(config: SGDConfig | AdamConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -130,17 +138,27 @@ def _layout(images: Tensor, channels_last: bool) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, channels_last: bool) -> tuple[float, float]:
-    """Accuracy (percent) and mean cross-entropy of ``model`` on a split."""
+def evaluate_sums(
+    model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, channels_last: bool, precision_name: str = "fp32"
+) -> tuple[int, float]:
+    """Number of correct predictions and summed cross-entropy of ``model`` on a split (or a shard)."""
     was_training = model.training
     model.eval()
     correct = 0
     loss_sum = 0.0
     for batch_images, batch_labels, _ in iterate_batches(images, labels, batch_size):
-        logits = model(_layout(batch_images, channels_last))
+        with precision.autocast(precision_name, batch_images.device):  # type: ignore[arg-type]
+            logits = model(_layout(batch_images, channels_last))
+        logits = precision.to_float32(logits)
         loss_sum += float(nn.functional.cross_entropy(logits, batch_labels, reduction="sum"))
         correct += int((logits.argmax(dim=1) == batch_labels).sum())
     model.train(was_training)
+    return correct, loss_sum
+
+
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, channels_last: bool) -> tuple[float, float]:
+    """Accuracy (percent) and mean cross-entropy of ``model`` on a split."""
+    correct, loss_sum = evaluate_sums(model, images, labels, batch_size, channels_last)
     count = max(int(labels.shape[0]), 1)
     return 100.0 * correct / count, loss_sum / count
 
@@ -160,6 +178,9 @@ class Trainer:
         eval_batch_size: int,
         seed: int,
         save_snapshot: Callable[[nn.Module, int], Path],
+        save_state: Callable[[dict[str, Any]], None] | None = None,
+        resume_state: dict[str, Any] | None = None,
+        stop_requested: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.setup = setup
         self.data = data
@@ -170,8 +191,18 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.save_snapshot = save_snapshot
+        self.save_state = save_state
+        self.resume_state = resume_state
+        self.stop_requested = stop_requested
         self.control = Control()
         self.state = TrainState()
+        # Speed and scale (set per stage by _prepare_speed): see precision, distributed, teacher_cache.
+        self.dist = distributed.current()
+        self.teacher_store = teacher_cache.default_store()
+        self.scaler: torch.amp.GradScaler | None = None
+        self.student_forward: nn.Module = setup.student
+        self.averaged_by_hand: list[nn.Parameter] = []
+        self.cached_teachers: list[teacher_cache.CachedOutputs] | None = None
 
     def _fire(self, name: str, **kwargs: Any) -> None:
         getattr(self.hook, name)(run=self.run, stage=self.setup.info, control=self.control, **kwargs)
@@ -190,6 +221,7 @@ class Trainer:
         if not parameters:
             raise TrainingError(f"Stage '{setup.info.name}' has nothing to train (no parameter requires a gradient).")
         optimizer = make_optimizer(config.optimizer, parameters)
+        self._prepare_speed(parameters)
         train_count = int(self.data.train_labels.shape[0])
         drop_last = train_count > self.batch_size
         steps_per_epoch = batches_per_epoch(train_count, self.batch_size, drop_last)
@@ -199,12 +231,15 @@ class Trainer:
         self.state = TrainState(batches_per_epoch=steps_per_epoch)
         chance = 100.0 / max(len(self.data.classes), 1)
         outcome = StageOutcome(0, 0.0, 0.0, -1, False, False)
+        start_epoch = 0
+        if self.resume_state is not None:
+            start_epoch = self._restore(self.resume_state, optimizer, scheduler, outcome)
 
         self._fire("kdframe_on_stage_start")
         if self.control.stop_stage or self.control.stop_run:
             outcome.stop_run = self.control.stop_run
             return outcome
-        for epoch in range(config.epochs):
+        for epoch in range(start_epoch, config.epochs):
             self.state.epoch = epoch
             self.state.metrics = {}
             self._fire("kdframe_on_epoch_start", state=self.state)
@@ -212,10 +247,9 @@ class Trainer:
                 break
             started = time.perf_counter()
             train_metrics = self._train_epoch(epoch, optimizer, scheduler, parameters)
+            outcome.skipped_batches += int(train_metrics.get("train/skipped_batches", 0))
             seconds = time.perf_counter() - started
-            test_acc, test_loss = evaluate(
-                student, self.data.test_images, self.data.test_labels, self.eval_batch_size, config.channels_last
-            )
+            test_acc, test_loss = self._evaluate(student)
             outcome.epochs_run = epoch + 1
             outcome.final_test_acc = test_acc
             if test_acc > outcome.best_test_acc or outcome.best_epoch < 0:
@@ -252,6 +286,8 @@ class Trainer:
                 if config.on_collapse == "stop":
                     raise TrainingError(message + " (training.on_collapse is 'stop'.)")
                 warnings.warn(message, RuntimeWarning, stacklevel=1)
+            if self.save_state is not None:
+                self.save_state(self._checkpoint(epoch + 1, optimizer, scheduler, outcome))
             if self.control.stop_stage or self.control.stop_run:
                 break
         if setup.phase == "pretrain":
@@ -259,6 +295,56 @@ class Trainer:
                 weighted.term.end_pretraining()
         outcome.stop_run = self.control.stop_run
         return outcome
+
+    def _checkpoint(
+        self,
+        epochs_done: int,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        outcome: StageOutcome,
+    ) -> dict[str, Any]:
+        """The stage's full state after ``epochs_done`` epochs: enough to continue bit for bit."""
+        return {
+            "epochs_done": epochs_done,
+            "step": self.state.step,
+            "student": self.setup.student.state_dict(),
+            "terms": {weighted.name: weighted.term.state_dict() for weighted in self.setup.terms},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "outcome": {
+                "final_test_acc": outcome.final_test_acc,
+                "best_test_acc": outcome.best_test_acc,
+                "best_epoch": outcome.best_epoch,
+                "collapsed": outcome.collapsed,
+                "skipped_batches": outcome.skipped_batches,
+                "history": outcome.history,
+            },
+        }
+
+    def _restore(
+        self,
+        saved: dict[str, Any],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        outcome: StageOutcome,
+    ) -> int:
+        """Load a state written by :meth:`_checkpoint`; return the epoch to continue from."""
+        self.setup.student.load_state_dict(saved["student"])
+        for weighted in self.setup.terms:
+            weighted.term.load_state_dict(saved["terms"][weighted.name])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        self.state.step = int(saved["step"])
+        kept = saved["outcome"]
+        outcome.final_test_acc = float(kept["final_test_acc"])
+        outcome.best_test_acc = float(kept["best_test_acc"])
+        outcome.best_epoch = int(kept["best_epoch"])
+        outcome.collapsed = bool(kept["collapsed"])
+        outcome.skipped_batches = int(kept["skipped_batches"])
+        outcome.history = [dict(row) for row in kept["history"]]
+        outcome.epochs_run = int(saved["epochs_done"])
+        self.state.best_test_acc = outcome.best_test_acc
+        return int(saved["epochs_done"])
 
     def _weights(self, epoch: int) -> list[float]:
         if self.setup.phase == "pretrain":
@@ -277,14 +363,23 @@ class Trainer:
     def _evaluate_only(self) -> StageOutcome:
         """An ensemble stage: evaluate once, train nothing."""
         self._fire("kdframe_on_stage_start")
-        test_acc, test_loss = evaluate(
-            self.setup.student, self.data.test_images, self.data.test_labels, self.eval_batch_size,
-            self.setup.training.channels_last,
-        )
+        test_acc, test_loss = self._evaluate(self.setup.student)
         self.state.metrics = {"test/acc": test_acc, "test/loss": test_loss}
         self.state.best_test_acc = test_acc
         self._fire("kdframe_on_eval_end", state=self.state)
         return StageOutcome(0, test_acc, test_acc, 0, False, self.control.stop_run)
+
+    def _check_stop(self) -> None:
+        """Stop between two batches when a signal asked for it."""
+        signal_name = self.stop_requested()
+        if signal_name:
+            done = self.state.epoch
+            raise RunInterrupted(
+                f"Stopped by {signal_name} in stage '{self.setup.info.name}' during epoch {self.state.epoch + 1}, "
+                f"batch {self.state.batch + 1}. The stage's state after epoch {done} is saved"
+                f"{'' if done else ' (none yet: the stage restarts from its beginning)'}; finished "
+                f"stages and results.json are kept. Continue with: kdframe resume {self.run.folder}"
+            )
 
     def _kept_teachers(self, generator: torch.Generator) -> list[int]:
         """Indices of the teachers that teach this batch: all, or a random subset that keeps the first."""
@@ -294,14 +389,112 @@ class Trainer:
         keep = torch.rand(count - 1, generator=generator) >= self.setup.teacher_dropout
         return [0] + [index + 1 for index, kept in enumerate(keep.tolist()) if kept]
 
+    def _prepare_speed(self, parameters: list[nn.Parameter]) -> None:
+        """Set up the stage's precision, data parallelism, compilation and teacher-output cache."""
+        setup, config = self.setup, self.setup.training
+        precision.check_precision(config.precision, self.device)
+        self.scaler = precision.make_scaler(config.precision, self.device)
+        if self.dist.active and self.batch_size % self.dist.world_size:
+            raise TrainingError(
+                f"data.batch_size {self.batch_size} is the global batch and must be a multiple of the "
+                f"{self.dist.world_size} processes."
+            )
+        student_ids = {id(parameter) for parameter in setup.student.parameters()}
+        forward: nn.Module = setup.student
+        # DDP needs a gradient for every student parameter in every batch; a pre-training phase
+        # trains only part of the student, so there the gradients are averaged by hand.
+        if self.dist.active and setup.phase == "train" and any(id(p) in student_ids for p in parameters):
+            forward = distributed.wrap_ddp(setup.student, self.dist)
+        wrapped = forward is not setup.student
+        self.averaged_by_hand = [p for p in parameters if not (wrapped and id(p) in student_ids)]
+        if config.compile:
+            forward = torch.compile(forward)
+        self.student_forward = forward
+        self.cached_teachers = self._prepare_teacher_cache()
+
+    def _prepare_teacher_cache(self) -> list[teacher_cache.CachedOutputs] | None:
+        """Every teacher's cached outputs, or ``None`` when the teachers run every batch."""
+        setup, config = self.setup, self.setup.training
+        mode = config.teacher_cache
+        if mode == "off" or not setup.teachers:
+            return None
+        reason = teacher_cache.invalid_reason(self.data)
+        if reason is not None:
+            if mode != "auto":
+                raise TrainingError(f"training.teacher_cache is '{mode}', but {reason}. Set it to \"auto\" or \"off\".")
+            self.teacher_store.say_once(
+                f"training.teacher_cache is 'auto', but {reason}: the teachers run every batch (set "
+                "training.teacher_cache to \"off\" to silence this)."
+            )
+            return None
+        entries = []
+        for index, teacher in enumerate(setup.teachers):
+            entry = self.teacher_store.outputs(
+                teacher,
+                setup.teacher_tap if index == 0 else None,
+                self.data.train_images,
+                mode=mode,
+                batch_size=self.eval_batch_size,
+                channels_last=config.channels_last,
+                precision_name=config.precision,
+                device=self.device,
+                label=f"teacher '{setup.info.teachers[index]}'",
+            )
+            if entry is None:
+                return None
+            entries.append(entry)
+        return entries
+
+    def _teacher_outputs(self, images: Tensor, indices: Tensor, kept: list[int]) -> list[ModelOutputs]:
+        """The kept teachers' outputs for a batch: gathered from the cache, or computed."""
+        if self.cached_teachers is not None:
+            return [self.cached_teachers[index].gather(indices, images.device) for index in kept]
+        return self._forward_teachers(images, kept)
+
     def _forward_teachers(self, images: Tensor, kept: list[int]) -> list[ModelOutputs]:
         outputs = []
-        with torch.no_grad():
+        with torch.no_grad(), precision.autocast(self.setup.training.precision, self.device):
             for index in kept:
                 logits = self.setup.teachers[index](images)
                 tap = self.setup.teacher_tap if index == 0 else None
-                outputs.append(ModelOutputs(logits, tap.take() if tap else {}))
+                features = tap.take() if tap else {}
+                as_float = {path: precision.to_float32(value) for path, value in features.items()}
+                outputs.append(ModelOutputs(precision.to_float32(logits), as_float))
         return outputs
+
+    def _forward_student(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The student's logits and tapped features (float32) for a training batch."""
+        with precision.autocast(self.setup.training.precision, self.device):
+            logits = self.student_forward(images)
+        features = self.setup.student_tap.take() if self.setup.student_tap else {}
+        return precision.to_float32(logits), {path: precision.to_float32(value) for path, value in features.items()}
+
+    def _backward_and_step(self, total: Tensor, optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter]) -> None:
+        """Backward pass (scaled for fp16), gradient averaging across ranks, clipping, optimizer step."""
+        clip = self.setup.training.grad_clip_norm
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+        else:
+            total.backward()
+        distributed.average_gradients(self.averaged_by_hand, self.dist)
+        if clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(parameters, clip)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def _evaluate(self, model: nn.Module) -> tuple[float, float]:
+        """Test accuracy (percent) and mean loss; with several processes each evaluates a share."""
+        config = self.setup.training
+        images, labels = self.dist.shard_split(self.data.test_images, self.data.test_labels)
+        correct, loss_sum = evaluate_sums(model, images, labels, self.eval_batch_size, config.channels_last, config.precision)
+        totals = self.dist.sum(torch.tensor([float(correct), loss_sum], dtype=torch.float64))
+        count = max(int(self.data.test_labels.shape[0]), 1)
+        return 100.0 * float(totals[0]) / count, float(totals[1]) / count
 
     def _train_epoch(
         self,
@@ -318,7 +511,7 @@ class Trainer:
             weighted.term.train()
         # Shuffling depends on the seed, the stage's name and the epoch only (not on other stages).
         stage_seed = (self.seed * 1_000_003 + zlib.crc32(setup.info.name.encode())) % 2**62
-        generator = torch.Generator().manual_seed(stage_seed * 10_007 + epoch)
+        generator = torch.Generator().manual_seed((stage_seed * 10_007 + epoch) % 2**64)  # any schedule seed
         train_count = int(self.data.train_labels.shape[0])
         term_sums = torch.zeros(len(setup.terms), dtype=torch.float64)
         loss_sum = 0.0
@@ -327,6 +520,7 @@ class Trainer:
         weights = self._weights(epoch)
         weight_tensor = torch.tensor(weights, dtype=torch.float64)
         pretraining = setup.phase == "pretrain"
+        skipped = 0
         for batch, (images, labels, indices) in enumerate(
             iterate_batches(
                 self.data.train_images,
@@ -338,14 +532,16 @@ class Trainer:
         ):
             if self.data.augment is not None:
                 images = self.data.augment(images, generator)
+            # Several processes: each takes its share of the global batch (after the augmentation,
+            # so that every sample is augmented as in a single-process run).
+            images, labels, indices = self.dist.shard_batch(images, labels, indices)
             images = _layout(images, config.channels_last)
             self.state.batch, self.state.samples = batch, int(labels.shape[0])
             self._fire("kdframe_on_batch_start", state=self.state)
 
             kept = self._kept_teachers(generator)
-            teacher_outputs = self._forward_teachers(images, kept)
-            logits = student(images)
-            student_features = setup.student_tap.take() if setup.student_tap else {}
+            teacher_outputs = self._teacher_outputs(images, indices, kept)
+            logits, student_features = self._forward_student(images)
             teacher_weights = tuple(setup.teacher_weights[i] for i in kept) if setup.teacher_weights else ()
             outputs = StepOutputs(
                 ModelOutputs(logits, student_features),
@@ -366,18 +562,29 @@ class Trainer:
                 ]
             total = sum((weight * value for weight, value in zip(weights, values)), torch.zeros((), device=logits.device))
             detached = torch.stack([value.detach().float() for value in values]).cpu().double()
+            detached = self.dist.mean(detached)  # the global batch's values, the same on every rank
             if not torch.isfinite(detached).all():
                 bad = [w.name for w, v in zip(setup.terms, detached.tolist()) if not math.isfinite(v)]
-                raise TrainingError(
-                    f"Stage '{setup.info.name}': loss term(s) {', '.join(bad)} became non-finite at "
-                    f"epoch {epoch + 1}, step {self.state.step + 1}. Lower the learning rate, add "
-                    "training.grad_clip_norm, or check the term's params."
-                )
+                where = f"epoch {epoch + 1}, batch {batch + 1} (step {self.state.step + 1})"
+                if config.on_nonfinite == "stop" or skipped >= config.max_skipped_batches:
+                    reason = (
+                        f"became non-finite at {where}"
+                        if config.on_nonfinite == "stop"
+                        else f"was non-finite in more than training.max_skipped_batches={config.max_skipped_batches} batches of one epoch, the last at {where}"
+                    )
+                    raise TrainingError(
+                        f"Stage '{setup.info.name}': loss term(s) {', '.join(bad)} {reason}. The last "
+                        "completed epoch's checkpoint is kept. Lower the learning rate, add "
+                        "training.grad_clip_norm, or check the term's params; "
+                        "training.on_nonfinite: \"skip\" skips such batches instead."
+                    )
+                skipped += 1
+                self.state.metrics = {"skipped_batches": float(skipped), "lr": optimizer.param_groups[0]["lr"]}
+                self._fire("kdframe_on_batch_end", state=self.state)
+                self._check_stop()
+                continue
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if config.grad_clip_norm is not None:
-                nn.utils.clip_grad_norm_(parameters, config.grad_clip_norm)
-            optimizer.step()
+            self._backward_and_step(total, optimizer, parameters)
             scheduler.step()
             self.state.step += 1
 
@@ -391,13 +598,19 @@ class Trainer:
             for weighted, value in zip(setup.terms, detached.tolist()):
                 self.state.metrics[f"loss/{weighted.name}"] = value
             self._fire("kdframe_on_batch_end", state=self.state)
+            self._check_stop()
             if self.control.stop_stage or self.control.stop_run:
                 break
+        if self.dist.active:
+            totals = self.dist.sum(torch.tensor([loss_sum, correct, samples, *term_sums.tolist()], dtype=torch.float64))
+            loss_sum, correct, samples, term_sums = float(totals[0]), int(totals[1]), int(totals[2]), totals[3:]
         metrics = {
             "train/loss": loss_sum / max(samples, 1),
             "train/acc": 100.0 * correct / max(samples, 1),
             "_samples": float(samples),
         }
+        if config.on_nonfinite == "skip":
+            metrics["train/skipped_batches"] = float(skipped)
         for weighted, value in zip(setup.terms, (term_sums / max(samples, 1)).tolist()):
             metrics[f"train/loss/{weighted.name}"] = value
         return metrics

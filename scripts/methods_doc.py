@@ -1,9 +1,11 @@
-"""Regenerate the method reference of docs/methods.md from the installed loss strategies.
+"""Regenerate the method reference of docs/methods.md from kdframe's own loss strategies.
 
     .venv/bin/python scripts/methods_doc.py          # rewrite the generated part in place
     .venv/bin/python scripts/methods_doc.py --check  # exit 1 when the file is stale
 
 Only the text between the two ``methods:`` markers is generated; the rest of the page is hand-written.
+Losses of other installed plugins (the plugin template, say) are left out, so the page is the same
+whatever else is installed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from kdframe.plugins import create_plugins
+from kdframe.json_schema import first_party_registry
 from kdframe.registry import LossSpec, Registry
 from kdframe.value_schedule import as_json
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check that the file is up to date")
     args = parser.parse_args(argv)
     text = DOC.read_text()
-    new = updated(text, create_plugins().registry)
+    new = updated(text, first_party_registry())
     if args.check:
         if new != text:
             print(f"{DOC} is stale: run python scripts/methods_doc.py", file=sys.stderr)

@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 
 from tests.conftest import tiny_schedule
-from kdframe.json_schema import schedule_schema
+from kdframe.cli import main
+from kdframe.json_schema import first_party_registry, schedule_schema
 from kdframe.plugins import create_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,23 @@ def test_bad_component_params_are_rejected(schema, change) -> None:
         jsonschema.validate(schedule, schema)
 
 
-def test_committed_schema_matches_the_installed_plugins(schema) -> None:
+def test_committed_schema_matches_the_first_party_plugins() -> None:
     committed = json.loads((ROOT / "docs" / "schedule.schema.json").read_text())
-    assert committed == schema, "docs/schedule.schema.json is stale: run 'kdframe schema -o docs/schedule.schema.json'"
+    assert committed == schedule_schema(first_party_registry()), (
+        "docs/schedule.schema.json is stale: run 'kdframe schema --first-party -o docs/schedule.schema.json'"
+    )
+
+
+def test_first_party_registry_holds_only_kdframe_components() -> None:
+    components = list(first_party_registry().iter())
+    assert components and {c.provider.distribution for c in components} == {"kdframe"}
+    installed = {(c.kind, c.name) for c in create_plugins().registry.iter() if c.provider.distribution == "kdframe"}
+    assert {(c.kind, c.name) for c in components} == installed
+
+
+def test_schema_command_covers_everything_installed_unless_first_party(tmp_path, schema) -> None:
+    assert main(["schema", "-o", str(tmp_path / "all.json")]) == 0
+    assert json.loads((tmp_path / "all.json").read_text()) == schema
+    assert main(["schema", "--first-party", "-o", str(tmp_path / "first.json")]) == 0
+    committed = json.loads((ROOT / "docs" / "schedule.schema.json").read_text())
+    assert json.loads((tmp_path / "first.json").read_text()) == committed

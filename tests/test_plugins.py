@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from kdframe import hookimpl
 from kdframe.errors import ComponentError, PluginError
 from kdframe.plugins import create_plugins
+from kdframe.runner import run_schedule
+from tests.conftest import tiny_schedule, write_schedule
 
 
 class FakeDistribution(importlib.metadata.Distribution):
@@ -169,3 +173,175 @@ def test_first_party_plugins_come_from_entry_points() -> None:
 
 def test_each_call_builds_a_fresh_manager() -> None:
     assert create_plugins().pm is not create_plugins().pm
+
+
+def two_zero_plugins(plugin_dir: Path) -> list[FakeDistribution]:
+    write_module(plugin_dir, "fake_kd_one", LOSS_PLUGIN.replace("{name}", "zero_one"))
+    write_module(plugin_dir, "fake_kd_two", LOSS_PLUGIN.replace("{name}", "zero_two"))
+    return [
+        FakeDistribution("kd-one", "1.0", {"kd_one": "fake_kd_one"}),
+        FakeDistribution("kd-two", "1.0", {"kd_two": "fake_kd_two"}),
+    ]
+
+
+def test_allow_list_loads_only_matching_plugins(plugin_dir, monkeypatch) -> None:
+    dists = two_zero_plugins(plugin_dir)
+    assert create_plugins(distributions=dists, allowed=["kd_one"]).registry.names("loss") == ["zero_one"]
+    assert create_plugins(distributions=dists, allowed=["kd_*"]).registry.names("loss") == ["zero_one", "zero_two"]
+    monkeypatch.setenv("KDFRAME_ALLOW_PLUGINS", "kd_two")
+    assert create_plugins(distributions=dists).registry.names("loss") == ["zero_two"]
+    # Both the environment and the argument must allow a plugin.
+    assert create_plugins(distributions=dists, allowed=["kd_*"]).registry.names("loss") == ["zero_two"]
+
+
+def test_allow_list_naming_an_absent_plugin_is_an_error(plugin_dir) -> None:
+    with pytest.raises(PluginError) as error:
+        create_plugins(distributions=two_zero_plugins(plugin_dir), allowed=["kd_tow"])
+    message = str(error.value)
+    assert "'kd_tow'" in message and "Did you mean 'kd_two'" in message and "kd_one, kd_two" in message
+
+
+def test_block_list_takes_wildcards(plugin_dir) -> None:
+    plugins = create_plugins(distributions=two_zero_plugins(plugin_dir), blocked=["*_two"])
+    assert plugins.registry.names("loss") == ["zero_one"]
+    assert plugins.pm.is_blocked("kd_two")
+
+
+BROKEN_PLUGINS = {
+    "import": "import does_not_exist_anywhere\n",
+    "unknown hook": """
+        from kdframe import hookimpl
+
+        @hookimpl
+        def kdframe_on_epoch_ned(state):
+            pass
+        """,
+    "wrong signature": """
+        from kdframe import hookimpl
+
+        @hookimpl
+        def kdframe_on_epoch_end(run, stage, state, control, trainer):
+            pass
+        """,
+    "failing registration": """
+        from kdframe import hookimpl
+
+        @hookimpl
+        def kdframe_register_models():
+            raise RuntimeError("no GPU driver")
+        """,
+    "other API": LOSS_PLUGIN.replace("{name}", "zero_api") + "\nKDFRAME_PLUGIN_API = 99\n",
+}
+
+
+@pytest.mark.parametrize("kind", BROKEN_PLUGINS)
+def test_a_broken_plugin_is_an_error_naming_it_or_skipped_on_request(plugin_dir, monkeypatch, kind) -> None:
+    write_module(plugin_dir, "fake_kd_bad", BROKEN_PLUGINS[kind])
+    write_module(plugin_dir, "fake_kd_good", LOSS_PLUGIN.replace("{name}", "zero_good"))
+    dists = [
+        FakeDistribution("kd-bad", "0.3", {"bad": "fake_kd_bad"}),
+        FakeDistribution("kd-good", "1.0", {"good": "fake_kd_good"}),
+    ]
+    with pytest.raises(PluginError) as error:
+        create_plugins(distributions=dists)
+    assert "plugin 'bad' (distribution kd-bad 0.3)" in str(error.value)
+
+    with pytest.warns(UserWarning, match=r"Skipping a broken plugin: plugin 'bad' \(distribution kd-bad 0.3\)"):
+        plugins = create_plugins(distributions=dists, skip_broken=True)
+    assert plugins.registry.names("loss") == ["zero_good"]
+    assert "bad" not in plugins.providers and plugins.pm.get_plugin("bad") is None
+
+    monkeypatch.setenv("KDFRAME_SKIP_BROKEN_PLUGINS", "1")
+    with pytest.warns(UserWarning, match="Skipping a broken plugin"):
+        assert create_plugins(distributions=dists).registry.names("loss") == ["zero_good"]
+
+
+def test_unknown_hook_error_suggests_the_right_name(plugin_dir) -> None:
+    write_module(plugin_dir, "fake_kd_typo2", BROKEN_PLUGINS["unknown hook"])
+    with pytest.raises(PluginError) as error:
+        create_plugins(distributions=[FakeDistribution("kd-typo", "0.1", {"typo": "fake_kd_typo2"})])
+    assert "Did you mean 'kdframe_on_epoch_end'" in str(error.value)
+
+
+def test_plugin_api_major_version_is_checked(plugin_dir) -> None:
+    from kdframe.plugins import api_major
+
+    write_module(plugin_dir, "fake_kd_api", LOSS_PLUGIN.replace("{name}", "zero_api") + f"\nKDFRAME_PLUGIN_API = {api_major()}\n")
+    plugins = create_plugins(distributions=[FakeDistribution("kd-api", "1.0", {"api": "fake_kd_api"})])
+    assert plugins.registry.names("loss") == ["zero_api"]
+    write_module(plugin_dir, "fake_kd_api_old", LOSS_PLUGIN.replace("{name}", "zero_old") + "\nKDFRAME_PLUGIN_API = 0\n")
+    with pytest.raises(PluginError, match=r"written for kdframe plugin API 0.*provides API"):
+        create_plugins(distributions=[FakeDistribution("kd-old", "1.0", {"old": "fake_kd_api_old"})])
+
+
+class FailsInSecondStage:
+    """Raises at the end of the first epoch of the run's second stage."""
+
+    @hookimpl
+    def kdframe_on_epoch_end(self, run, stage, state, control) -> None:
+        if stage.index == 1:
+            raise ValueError("logger backend went away")
+
+
+def test_an_error_in_an_event_hook_names_the_plugin_and_keeps_finished_stages(tmp_path) -> None:
+    plugins = create_plugins(plugins=[("flaky_logger", FailsInSecondStage())])
+    path = write_schedule(tmp_path, tiny_schedule(**{"training.epochs": 1, "logging.loggers": []}))
+    out = tmp_path / "run"
+    with pytest.raises(PluginError) as error:
+        run_schedule(path, out=out, quiet=True, plugins=plugins)
+    message = str(error.value)
+    assert "plugin 'flaky_logger'" in message and "kdframe_on_epoch_end" in message
+    assert "ValueError: logger backend went away" in message and "KDFRAME_BLOCK_PLUGINS=flaky_logger" in message
+    results = json.loads((out / "results.json").read_text())
+    assert [row["stage"] for row in results["stages"]] == ["teacher"] and results["finished"] is False
+    assert (out / results["stages"][0]["checkpoint"]).is_file()
+
+
+class FailsAtStageStart:
+    @hookimpl
+    def kdframe_on_stage_start(self, run, stage, control) -> None:
+        raise KeyError("boom")
+
+
+def test_cli_reports_a_failing_plugin_in_one_paragraph(tmp_path, capsys, monkeypatch) -> None:
+    from kdframe import cli, runner
+
+    path = write_schedule(tmp_path, tiny_schedule(**{"training.epochs": 1, "logging.loggers": []}))
+    monkeypatch.setattr(runner, "plugins_for", lambda selection: create_plugins(plugins=[("flaky", FailsAtStageStart())]))
+    code = cli.main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "plugin 'flaky'" in err and "kdframe_on_stage_start" in err and "KeyError" in err
+
+
+class EpochLogger:
+    """A third-party logger: records each epoch's test accuracy into a list it was given."""
+
+    def __init__(self, sink: list[float]) -> None:
+        self.sink = sink
+
+    @hookimpl
+    def kdframe_on_epoch_end(self, state) -> None:
+        self.sink.append(state.metrics["test/acc"])
+
+
+class LoggerPlugin:
+    def __init__(self) -> None:
+        self.accuracies: list[float] = []
+
+    @hookimpl
+    def kdframe_register_loggers(self):
+        from kdframe import LoggerSpec, NoParams
+
+        return [LoggerSpec(name="epoch_list", summary="test", factory=lambda params, run_dir: EpochLogger(self.accuracies), params=NoParams)]
+
+
+def test_a_registered_logger_is_built_for_the_run_and_receives_events(tmp_path) -> None:
+    plugin = LoggerPlugin()
+    plugins = create_plugins(plugins=[("epoch_list_plugin", plugin)])
+    assert plugins.registry.get("logger", "epoch_list").provider.plugin == "epoch_list_plugin"
+    path = write_schedule(tmp_path, tiny_schedule(**{"training.epochs": 1, "logging.loggers": [{"name": "epoch_list"}]}))
+    _, results = run_schedule(path, out=tmp_path / "run", quiet=True, plugins=plugins)
+    assert plugin.accuracies == [result.final_test_acc for result in results]
+    # The per-run logger is unregistered after the run.
+    assert all(not name.startswith("run-logger") for name, _ in plugins.pm.list_name_plugin())

@@ -10,8 +10,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import tiny_schedule, write_schedule
-from kdframe.errors import CheckpointError, LayerError, RunFolderError, ScheduleError
-from kdframe.runner import run_schedule
+from kdframe.errors import CheckpointError, LayerError, PluginError, RunFolderError, ScheduleError
+from kdframe.runner import load_schedule, run_schedule
 
 
 def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -152,3 +152,29 @@ def test_short_real_fashion_mnist_run(tmp_path) -> None:
     path = write_schedule(tmp_path, schedule)
     _, results = run_schedule(path, out=tmp_path / "run", quiet=True)
     assert results[-1].final_test_acc > 60.0  # chance is 10 %
+
+
+def test_schedule_plugins_section_selects_plugins(tmp_path) -> None:
+    # Blocking the progress plugin removes its logger, so a schedule that lists it is refused.
+    path = write_schedule(
+        tmp_path, tiny_schedule(**{"plugins.block": ["kdframe_progress"], "logging.loggers": [{"name": "progress"}]})
+    )
+    with pytest.raises(ScheduleError, match="Unknown logger .progress."):
+        load_schedule(path)
+    schedule, plugins, _ = load_schedule(path, ["logging.loggers=[]"])
+    assert "kdframe_progress" not in plugins.providers and "kdframe_losses" in plugins.providers
+    assert schedule.plugins.block == ["kdframe_progress"]
+
+    allowed = write_schedule(tmp_path, tiny_schedule(**{"plugins.allow": ["kdframe_*"]}), "allowed.json")
+    _, plugins, resolved = load_schedule(allowed)
+    assert all(name.startswith("kdframe_") for name in plugins.providers)
+    assert resolved["plugins"] == {"allow": ["kdframe_*"], "block": [], "skip_broken": False}
+
+
+def test_schedule_allow_list_naming_an_absent_plugin_is_refused(tmp_path) -> None:
+    path = write_schedule(tmp_path, tiny_schedule(**{"plugins.allow": ["kdframe_losess"]}))
+    with pytest.raises(PluginError, match=r"'kdframe_losess'.*Did you mean 'kdframe_losses'"):
+        load_schedule(path)
+    bad = write_schedule(tmp_path, tiny_schedule(**{"plugins.skip_broken": "sometimes"}), "bad.json")
+    with pytest.raises(ScheduleError, match=r"plugins\.skip_broken"):
+        load_schedule(bad)

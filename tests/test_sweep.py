@@ -335,7 +335,8 @@ def test_a_failed_run_stops_the_sweep_and_the_report_shows_what_finished(tmp_pat
     out = tmp_path / "out"
     with pytest.raises(SweepError) as error:
         run_sweep(path, out=out, quiet=True, plugins=plugins, log=None)
-    assert f"Sweep '{path}', variant 'BLKD' (seed 0): the teacher diverged (simulated)" in str(error.value)
+    assert f"Sweep '{path}', variant 'BLKD' (seed 0): plugin 'failing'" in str(error.value)
+    assert "raised an error in kdframe_on_stage_start: the teacher diverged (simulated)" in str(error.value)
     assert f"'kdframe report {out}'" in str(error.value)
     sweep = json.loads((out / "sweep.json").read_text())
     assert [run["status"] for run in sweep["runs"]] == ["finished", "failed"] and sweep["finished"] is False

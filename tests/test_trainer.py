@@ -89,6 +89,7 @@ def test_teacher_weights_and_batchnorm_statistics_never_change(tmp_path) -> None
 
 class NaNParams(Params):
     after: int = Field(2, description="Steps of finite values before NaN.")
+    only: list[int] = Field(default_factory=list, description="If given, NaN only at these calls (1-based).")
 
 
 class NaNLoss(LossTerm):
@@ -98,11 +99,13 @@ class NaNLoss(LossTerm):
         super().__init__()
         self.calls = 0
         self.after = params.after
+        self.only = params.only
 
     def forward(self, outputs):
         self.calls += 1
         value = outputs.student.logits.mean() * 0
-        return value + (math.nan if self.calls > self.after else 0.0)
+        bad = self.calls in self.only if self.only else self.calls > self.after
+        return value + (math.nan if bad else 0.0)
 
 
 class NaNPlugin:
@@ -120,6 +123,30 @@ def test_non_finite_loss_names_term_and_step(tmp_path) -> None:
         _run(tmp_path, schedule, ("nan", NaNPlugin()), ("recorder", recorder))
     assert "nan_after" in str(error.value) and "step 3" in str(error.value)
     assert recorder.events()[-1] == "exception"
+
+
+def test_non_finite_batches_can_be_skipped_and_counted(tmp_path) -> None:
+    schedule = tiny_schedule(**{"training.on_nonfinite": "skip", "training.max_skipped_batches": 1})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    schedule["distill"] = {"scratch_losses": [{"name": "cross_entropy"}, {"name": "nan_after", "params": {"only": [2, 6]}}]}
+    recorder = HookRecorder()
+    _, results = _run(tmp_path, schedule, ("nan", NaNPlugin()), ("recorder", recorder))
+    # 4 batches an epoch: calls 2 and 6 are one batch in each of the 2 epochs.
+    assert results[0].skipped_batches == 2 and results[0].epochs_run == 2
+    assert recorder.events().count("batch_end") == 8  # a skipped batch still ends with batch_end
+    assert all(math.isfinite(v) for v in results[0].to_dict().values() if isinstance(v, float))
+
+
+def test_too_many_skipped_batches_stop_the_stage_and_keep_the_last_checkpoint(tmp_path) -> None:
+    schedule = tiny_schedule(**{"training.on_nonfinite": "skip", "training.max_skipped_batches": 1})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    schedule["distill"] = {"scratch_losses": [{"name": "cross_entropy"}, {"name": "nan_after", "params": {"only": [6, 7]}}]}
+    with pytest.raises(TrainingError) as error:
+        _run(tmp_path, schedule, ("nan", NaNPlugin()))
+    message = str(error.value)
+    assert "max_skipped_batches=1" in message and "epoch 2, batch 3" in message and "checkpoint is kept" in message
+    state = torch.load(tmp_path / "run" / "stages" / "00-student" / "state.pt", weights_only=True)
+    assert state["trainer"]["epochs_done"] == 1
 
 
 class StopAfterFirstBatch:

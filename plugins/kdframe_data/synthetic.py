@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdframe import InMemoryDataset, Params
+from kdframe import DataError, InMemoryDataset, Params
 
 #: Side of the coarse random pattern that is upsampled into a class prototype.
 PATTERN_SIZE = 4
@@ -36,15 +36,15 @@ class SyntheticParams(Params):
     image_size: int = Field(
         default=16, ge=4, le=256, description="Height and width of the square images, in pixels."
     )
-    train_size: int = Field(default=512, ge=1, description="Number of training samples.")
-    test_size: int = Field(default=256, ge=1, description="Number of test samples.")
+    train_size: int = Field(default=512, ge=1, le=1_000_000, description="Number of training samples.")
+    test_size: int = Field(default=256, ge=1, le=1_000_000, description="Number of test samples.")
     noise: float = Field(
         default=1.0,
         ge=0.0,
         description="Standard deviation of the pixel noise, relative to the class pattern (higher is harder).",
     )
     seed: int = Field(
-        default=0, ge=0, description="Seed of the generator; the same params give identical data."
+        default=0, ge=0, le=2**63 - 1, description="Seed of the generator; the same params give identical data."
     )
 
 
@@ -80,8 +80,20 @@ def _split(
     return images.to(torch.float32), labels.to(torch.int64)
 
 
+#: The largest synthetic dataset (train and test images together) the factory makes, in bytes.
+MAX_BYTES = 4 * 2**30
+
+
 def make_synthetic(params: SyntheticParams) -> InMemoryDataset:
     """The factory of the ``synthetic`` dataset."""
+    size = (params.train_size + params.test_size) * params.channels * params.image_size**2 * 4
+    if size > MAX_BYTES:
+        raise DataError(
+            f"The synthetic dataset asked for would take {size / 2**30:.1f} GiB of memory (train_size + "
+            f"test_size = {params.train_size + params.test_size} images of {params.channels}x"
+            f"{params.image_size}x{params.image_size}); the limit is {MAX_BYTES // 2**30} GiB. Lower "
+            "data.params.train_size, test_size, image_size or channels."
+        )
     generator = torch.Generator().manual_seed(params.seed)
     prototypes = _prototypes(params, generator)
     train_images, train_labels = _split(prototypes, params.train_size, params.noise, generator)

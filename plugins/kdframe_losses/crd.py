@@ -99,6 +99,7 @@ class CRDParams(Params):
     seed: int = Field(
         0,
         ge=0,
+        le=2**63 - 1,
         description="Seed of the generator that initialises the banks and draws the negatives.",
     )
 
@@ -185,6 +186,13 @@ class CRDLoss(LossTerm):
             bank = torch.rand(count, self.feat_dim, generator=self.generator, dtype=dtype) * (2 * bound) - bound
             setattr(self, name, bank)
         self.z = torch.full((2,), -1.0, dtype=dtype)
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        """The negatives generator's state, so that a resumed run draws the same negatives."""
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
 
     def sample_negatives(self, indices: Tensor) -> Tensor:
         """(N, K) int64 CPU indices drawn uniformly from the training samples other than each anchor."""

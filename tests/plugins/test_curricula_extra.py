@@ -15,6 +15,7 @@ import torch
 from kdframe import LossSpec, LossTerm, NoParams, ScheduleError, hookimpl
 from kdframe.checkpoints import load_state_dict
 from kdframe.curriculum import check_plan, with_extra_models
+from kdframe.json_schema import first_party_registry
 from kdframe.plugins import create_plugins
 from kdframe.runner import RESULTS_FILE, execute, load_schedule, prepare
 from kdframe.schedule import parse_schedule
@@ -27,7 +28,7 @@ NEW = ("dgkd", "early_stopped_teacher", "born_again", "multi_teacher")
 
 @pytest.fixture(scope="module")
 def registry():
-    return create_plugins().registry
+    return first_party_registry()
 
 
 class Row(NamedTuple):

@@ -601,6 +601,17 @@ def test_crd_negatives_are_seeded_never_the_anchor_and_leave_the_global_rng_alon
     assert not torch.equal(draws, other.sample_negatives(indices))
 
 
+def test_crd_state_dict_carries_the_negatives_generator_for_resume():
+    term, _, _ = crd_case(n_train=50, k=10, seed=7)
+    indices = torch.arange(5)
+    term.sample_negatives(indices)
+    saved = term.state_dict()
+    expected = term.sample_negatives(indices)
+    resumed, _, _ = crd_case(n_train=50, k=10, seed=7)
+    resumed.load_state_dict(saved)
+    assert torch.equal(resumed.sample_negatives(indices), expected)
+
+
 def test_crd_caps_nce_k_at_the_training_split_with_a_warning():
     with pytest.warns(UserWarning, match="nce_k"):
         term, s, t = crd_case(n_train=6, k=16384)
