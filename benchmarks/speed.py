@@ -59,6 +59,7 @@ def schedule(args: argparse.Namespace, config: str, checkpoint: str) -> dict[str
         "training": {
             "epochs": args.epochs,
             "precision": args.precision,
+            "compile": args.compile,
             "teacher_cache": "memory" if config == "kd_cache" else "off",
         },
         "distill": {
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is left out)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every configuration")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--compile", action="store_true", help="training.compile: true for the kdframe configurations")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.executable, __file__, "--worker", config, "--folder", str(folder), "--checkpoint", checkpoint,
                 "--round", str(round_index), "--train-samples", str(args.train_samples),
                 "--epochs", str(args.epochs), "--precision", args.precision,
-            ]
+            ] + (["--compile"] if args.compile else [])
             output = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ).stdout
             result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
             measured[config].append(result)
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return min(epochs(config))
 
     print(f"\nFashion-MNIST, {args.train_samples} training samples, batch 128, {args.epochs} epochs x {args.rounds} rounds, "
-          f"teacher plain_cnn-10, student plain_cnn-2, precision {args.precision}, {os.cpu_count()} CPUs, torch threads default")
+          f"teacher plain_cnn-10, student plain_cnn-2, precision {args.precision}, compile {args.compile}, {os.cpu_count()} CPUs, torch threads default")
     print("| configuration | s/epoch (fastest) | s/epoch (median) | set-up s (fastest) | peak RSS MiB (max) |")
     print("|---|---|---|---|---|")
     for config in configs:

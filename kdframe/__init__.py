@@ -13,7 +13,7 @@ from kdframe.curriculum import (
     split_snapshot,
     teacher_stages,
 )
-from kdframe.data import DataInfo, InMemoryDataset
+from kdframe.data import DataInfo, InMemoryDataset, SampleTransform, StreamingDataset
 from kdframe.errors import (
     CheckpointError,
     ComponentError,
@@ -65,6 +65,7 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "PluginError",
     "RunInfo",
+    "SampleTransform",
     "ScheduledFloat",
     "ScheduleError",
     "StageInfo",
@@ -72,6 +73,7 @@ __all__ = [
     "StageResult",
     "StepOutputs",
     "StorageError",
+    "StreamingDataset",
     "TrainState",
     "TrainingError",
     "ValueSchedule",

@@ -104,7 +104,8 @@ def kdframe_register_datasets() -> list[DatasetSpec]:
 
     Returns:
         A list of :class:`~kdframe.registry.DatasetSpec`. Each spec's factory takes the validated
-        params and returns an :class:`~kdframe.data.InMemoryDataset`.
+        params and returns an :class:`~kdframe.data.InMemoryDataset` (tensors, for data that fits
+        in memory) or a :class:`~kdframe.data.StreamingDataset` (read through a ``DataLoader``).
     """
 
 

@@ -96,7 +96,8 @@ class CurriculumSpec(ComponentSpec):
 
 @dataclass(frozen=True)
 class DatasetSpec(ComponentSpec):
-    """A dataset. ``factory(params)`` returns a :class:`kdframe.data.InMemoryDataset`."""
+    """A dataset. ``factory(params)`` returns a :class:`kdframe.data.InMemoryDataset` or a
+    :class:`kdframe.data.StreamingDataset`."""
 
     kind: ClassVar[str] = "dataset"
 

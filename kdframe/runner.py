@@ -28,7 +28,7 @@ from torch import nn
 from kdframe import checkpoints, distributed, folders, teacher_cache
 from kdframe.curriculum import StagePlan, check_plan, snapshot_key, split_snapshot, with_extra_models
 from kdframe.ensemble import SoftmaxEnsemble
-from kdframe.data import InMemoryDataset
+from kdframe.data import AnyDataset, InMemoryDataset, StreamingDataset
 from kdframe.errors import ComponentError, DataError, KdframeError, ResumeError, RunFolderError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import BuildContext
@@ -59,7 +59,7 @@ class Experiment:
     schedule: Schedule
     resolved: dict[str, Any]
     plugins: Plugins
-    data: InMemoryDataset
+    data: AnyDataset
     models: dict[str, nn.Module]
     stages: list[StagePlan]
     setups: list[StageSetup] = field(default_factory=list)
@@ -140,19 +140,21 @@ def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, A
     return experiment
 
 
-def load_data(schedule: Schedule, plugins: Plugins) -> InMemoryDataset:
+def load_data(schedule: Schedule, plugins: Plugins) -> AnyDataset:
     """Build the schedule's dataset and take the requested subsets."""
     config = schedule.data
     params = component_params(plugins.registry, "dataset", config.dataset, config.params, "data")
     data = plugins.registry.spec("dataset", config.dataset).factory(params)
-    if not isinstance(data, InMemoryDataset):
-        raise ComponentError(f"Dataset '{config.dataset}' returned {type(data).__name__}, not an InMemoryDataset.")
-    if data.train_labels.numel() == 0 or data.test_labels.numel() == 0:
+    if not isinstance(data, (InMemoryDataset, StreamingDataset)):
+        raise ComponentError(
+            f"Dataset '{config.dataset}' returned {type(data).__name__}, not an InMemoryDataset or a StreamingDataset."
+        )
+    if data.train_count == 0 or data.test_count == 0:
         raise DataError(f"Dataset '{config.dataset}' has an empty train or test split.")
     return data.subset(config.train_samples, config.test_samples, schedule.seed)
 
 
-def build_models(schedule: Schedule, plugins: Plugins, data: InMemoryDataset) -> dict[str, nn.Module]:
+def build_models(schedule: Schedule, plugins: Plugins, data: AnyDataset) -> dict[str, nn.Module]:
     """Instantiate every model of the schedule and load checkpoints.
 
     Each model's initial weights depend only on the seed and the model's name.
@@ -214,7 +216,7 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
     student_shapes: dict[str, torch.Size] = {}
     teacher_shapes: dict[str, torch.Size] = {}
     if student_tap or teacher_tap:
-        sample = experiment.data.train_images[:2]
+        sample = experiment.data.sample_images(2)
         with torch.no_grad():
             # Eval mode so that no BatchNorm statistics change; the teacher may still be trained by
             # an earlier stage, so it is not frozen here.
@@ -233,7 +235,7 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
                 teacher_shapes={p: teacher_shapes[p] for p in weighted.term.teacher_layers},
                 student_modules={p: student_tap.modules[p] for p in weighted.term.student_layers} if student_tap else {},
                 teacher_modules={p: teacher_tap.modules[p] for p in weighted.term.teacher_layers} if teacher_tap else {},
-                num_train_samples=int(experiment.data.train_labels.shape[0]),
+                num_train_samples=experiment.data.train_count,
                 num_classes=len(experiment.data.classes),
                 epochs=training.epochs,
             )
@@ -429,7 +431,7 @@ def run_stage(
     setup: StageSetup,
     run: RunInfo,
     folder: Path,
-    data: InMemoryDataset,
+    data: AnyDataset,
     device: torch.device,
     *,
     resume: bool = False,
@@ -501,6 +503,7 @@ def run_stage(
         save_state=save_state if setup.phase != "ensemble" else None,
         resume_state=saved["trainer"] if saved is not None else None,
         stop_requested=stop_requested,
+        num_workers=schedule.data.num_workers,
     )
     outcome = trainer.train()
     missing = sorted(set(setup.snapshots) - taken)

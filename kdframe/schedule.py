@@ -75,6 +75,13 @@ class DataConfig(StrictModel):
     test_samples: int | None = Field(
         None, ge=1, description="Evaluate on only this many test samples (a seeded random subset)."
     )
+    num_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="DataLoader worker processes that read a streaming dataset (e.g. image_folder); "
+        "0 reads in the training process. In-memory datasets ignore it.",
+    )
 
 
 class ModelConfig(StrictModel):

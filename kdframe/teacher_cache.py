@@ -16,8 +16,9 @@ batch's ``indices``: the teacher's forward pass disappears from the training loo
 * ``"off"``: run the teachers every batch.
 
 Caching is invalid when the dataset augments training batches (the teacher would see a different
-image every epoch) or when the teacher's output is random in eval mode (checked by running one chunk
-twice). Teacher dropout stays valid: it only picks which teachers teach a batch.
+image every epoch), when it is a :class:`~kdframe.data.StreamingDataset` (not cached: its images are
+not one tensor to key the cache by), or when the teacher's output is random in eval mode (checked by
+running one chunk twice). Teacher dropout stays valid: it only picks which teachers teach a batch.
 
 Entries are keyed by the SHA-256 of the teacher's class and state dict, the training images, the
 tapped layer paths and the precision. An in-process store (:func:`default_store`) keeps them, so a
@@ -38,6 +39,7 @@ import shutil
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from kdframe import distributed, precision
-from kdframe.data import InMemoryDataset
+from kdframe.data import AnyDataset, StreamingDataset
 from kdframe.errors import ScheduleError, StorageError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import ModelOutputs
@@ -89,8 +91,11 @@ def state_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def invalid_reason(data: InMemoryDataset) -> str | None:
-    """Why the data makes teacher caching invalid (random augmentation), or ``None``."""
+def invalid_reason(data: AnyDataset) -> str | None:
+    """Why the data makes teacher caching invalid (random augmentation, or a streaming dataset,
+    whose images are not held as one tensor to key and run the cache on), or ``None``."""
+    if isinstance(data, StreamingDataset):
+        return f"dataset '{data.name}' is a streaming (DataLoader) dataset"
     if data.augment is not None:
         return (
             f"dataset '{data.name}' augments its training batches at random, so a teacher sees a "
@@ -99,12 +104,13 @@ def invalid_reason(data: InMemoryDataset) -> str | None:
     return None
 
 
-def check_settings(schedule: Any, setups: list[Any], data: InMemoryDataset) -> None:
+def check_settings(schedule: Any, setups: list[Any], data: AnyDataset) -> None:
     """Before training: an explicit ``"memory"``/``"disk"`` cache for a stage whose data is augmented
-    is a :class:`ScheduleError` naming the key and the fix."""
+    (or streamed) is a :class:`ScheduleError` naming the key and the fix."""
     reason = invalid_reason(data)
     if reason is None:
         return
+    streaming = isinstance(data, StreamingDataset)
     for setup in setups:
         mode = setup.training.teacher_cache
         if mode not in ("memory", "disk") or not setup.teachers or setup.phase == "ensemble":
@@ -113,8 +119,8 @@ def check_settings(schedule: Any, setups: list[Any], data: InMemoryDataset) -> N
         key = f"training.stages.{setup.info.name}.teacher_cache" if "teacher_cache" in override else "training.teacher_cache"
         raise ScheduleError(
             f"{key} is '{mode}', but {reason} (stage '{setup.info.name}'), so its outputs cannot be "
-            f"cached. Set {key} to \"auto\" (the teachers then run every batch) or \"off\", or turn "
-            "the augmentation off (e.g. data.params.augment=false)."
+            f"cached. Set {key} to \"auto\" (the teachers then run every batch) or \"off\""
+            + ("." if streaming else ", or turn the augmentation off (e.g. data.params.augment=false).")
         )
 
 
@@ -199,6 +205,7 @@ class TeacherCache:
         if known is not None and known[0]() is images and known[1] == images._version:
             return known[2]
         digest = tensor_digest(images)
+        self._digests = {key: value for key, value in self._digests.items() if value[0]() is not None}
         self._digests[id(images)] = (weakref.ref(images), images._version, digest)
         return digest
 
@@ -259,6 +266,9 @@ class TeacherCache:
         count = int(images.shape[0])
         runs = _Runner(key, teacher, tap, images, batch_size, channels_last, precision_name, device)
         entry = _load(folder, key, count, paths)
+        if env.active and distributed.broadcast_object(entry is not None) != (entry is not None):
+            # Rank 0 decides whether the disk entry exists (it may be writing it right now).
+            entry = _load(folder, key, count, paths) if entry is None else None
         if entry is None:
             # Every rank runs the first chunk (the randomness check and the size); rank 0 alone
             # writes a disk entry, which the others then map.
@@ -342,7 +352,8 @@ class _Runner:
         per_sample = sum(t[0].numel() * 4 for t in (first[0], *first[1].values()))
         return per_sample * self.count
 
-    def chunks(self, first: tuple[Tensor, dict[str, Tensor]]):  # type: ignore[no-untyped-def]
+    def chunks(self, first: tuple[Tensor, dict[str, Tensor]]) -> Iterator[tuple[int, Tensor, dict[str, Tensor]]]:
+        """``(start, logits, features)`` of every chunk, the first one given."""
         yield 0, first[0], first[1]
         for start in range(self.batch_size, self.count, self.batch_size):
             logits, features = self.run(start)
@@ -366,9 +377,26 @@ def _file_names(paths: list[str]) -> dict[str, str]:
 
 def _write(runs: _Runner, first: tuple[Tensor, dict[str, Tensor]], key: str, folder: Path) -> CachedOutputs:
     """Write the outputs chunk by chunk into memory-mapped ``.npy`` files, then map them read-only."""
-    names = _file_names(list(first[1]))
     temporary = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        _write_files(runs, first, key, temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    try:
+        os.replace(temporary, folder)
+    except OSError:  # another process wrote the same entry first: use theirs
+        shutil.rmtree(temporary, ignore_errors=True)
+    entry = _load(folder, key, runs.count, list(first[1]))
+    if entry is None:
+        raise TrainingError(f"The teacher-output cache could not be written to '{folder}'.")
+    return entry
+
+
+def _write_files(runs: _Runner, first: tuple[Tensor, dict[str, Tensor]], key: str, temporary: Path) -> None:
+    """Fill ``temporary`` with the ``.npy`` files and ``meta.json`` of an entry."""
+    names = _file_names(list(first[1]))
     temporary.mkdir(parents=True)
     arrays = {
         "logits.npy": np.lib.format.open_memmap(temporary / "logits.npy", mode="w+", dtype=np.float32, shape=(runs.count, *first[0].shape[1:]))
@@ -387,14 +415,6 @@ def _write(runs: _Runner, first: tuple[Tensor, dict[str, Tensor]], key: str, fol
     del arrays
     meta = {"version": FORMAT_VERSION, "key": key, "count": runs.count, "features": names}
     (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    try:
-        os.replace(temporary, folder)
-    except OSError:  # another process wrote the same entry first: use theirs
-        shutil.rmtree(temporary, ignore_errors=True)
-    entry = _load(folder, key, runs.count, list(first[1]))
-    if entry is None:
-        raise TrainingError(f"The teacher-output cache could not be written to '{folder}'.")
-    return entry
 
 
 def _load(folder: Path, key: str, count: int, paths: list[str]) -> CachedOutputs | None:

@@ -12,7 +12,7 @@ import math
 import time
 import zlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from kdframe import distributed, precision, teacher_cache
-from kdframe.data import InMemoryDataset, batches_per_epoch, iterate_batches
+from kdframe.data import AnyDataset, InMemoryDataset, batches_per_epoch, eval_batches, iterate_batches, train_batches
 from kdframe.errors import KdframeError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
@@ -137,16 +137,24 @@ def _layout(images: Tensor, channels_last: bool) -> Tensor:
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
-@torch.no_grad()
 def evaluate_sums(
     model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, channels_last: bool, precision_name: str = "fp32"
 ) -> tuple[int, float]:
     """Number of correct predictions and summed cross-entropy of ``model`` on a split (or a shard)."""
+    return evaluate_batches(model, iterate_batches(images, labels, batch_size), channels_last, precision_name)
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], channels_last: bool, precision_name: str = "fp32"
+) -> tuple[int, float]:
+    """Number of correct predictions and summed cross-entropy of ``model`` over ``(images, labels,
+    indices)`` batches (e.g. :func:`kdframe.data.eval_batches`)."""
     was_training = model.training
     model.eval()
     correct = 0
     loss_sum = 0.0
-    for batch_images, batch_labels, _ in iterate_batches(images, labels, batch_size):
+    for batch_images, batch_labels, _ in batches:
         with precision.autocast(precision_name, batch_images.device):  # type: ignore[arg-type]
             logits = model(_layout(batch_images, channels_last))
         logits = precision.to_float32(logits)
@@ -169,7 +177,7 @@ class Trainer:
     def __init__(
         self,
         setup: StageSetup,
-        data: InMemoryDataset,
+        data: AnyDataset,
         *,
         run: RunInfo,
         hook: Any,
@@ -181,6 +189,7 @@ class Trainer:
         save_state: Callable[[dict[str, Any]], None] | None = None,
         resume_state: dict[str, Any] | None = None,
         stop_requested: Callable[[], str | None] = lambda: None,
+        num_workers: int = 0,
     ) -> None:
         self.setup = setup
         self.data = data
@@ -194,6 +203,7 @@ class Trainer:
         self.save_state = save_state
         self.resume_state = resume_state
         self.stop_requested = stop_requested
+        self.num_workers = num_workers  # DataLoader workers of a StreamingDataset
         self.control = Control()
         self.state = TrainState()
         # Speed and scale (set per stage by _prepare_speed): see precision, distributed, teacher_cache.
@@ -222,7 +232,7 @@ class Trainer:
             raise TrainingError(f"Stage '{setup.info.name}' has nothing to train (no parameter requires a gradient).")
         optimizer = make_optimizer(config.optimizer, parameters)
         self._prepare_speed(parameters)
-        train_count = int(self.data.train_labels.shape[0])
+        train_count = self.data.train_count
         drop_last = train_count > self.batch_size
         steps_per_epoch = batches_per_epoch(train_count, self.batch_size, drop_last)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -427,6 +437,7 @@ class Trainer:
                 "training.teacher_cache to \"off\" to silence this)."
             )
             return None
+        assert isinstance(self.data, InMemoryDataset)  # invalid_reason() refuses a StreamingDataset
         entries = []
         for index, teacher in enumerate(setup.teachers):
             entry = self.teacher_store.outputs(
@@ -490,10 +501,10 @@ class Trainer:
     def _evaluate(self, model: nn.Module) -> tuple[float, float]:
         """Test accuracy (percent) and mean loss; with several processes each evaluates a share."""
         config = self.setup.training
-        images, labels = self.dist.shard_split(self.data.test_images, self.data.test_labels)
-        correct, loss_sum = evaluate_sums(model, images, labels, self.eval_batch_size, config.channels_last, config.precision)
+        batches = eval_batches(self.data, self.eval_batch_size, device=self.device, dist=self.dist, num_workers=self.num_workers)
+        correct, loss_sum = evaluate_batches(model, batches, config.channels_last, config.precision)
         totals = self.dist.sum(torch.tensor([float(correct), loss_sum], dtype=torch.float64))
-        count = max(int(self.data.test_labels.shape[0]), 1)
+        count = max(self.data.test_count, 1)
         return 100.0 * float(totals[0]) / count, float(totals[1]) / count
 
     def _train_epoch(
@@ -512,7 +523,7 @@ class Trainer:
         # Shuffling depends on the seed, the stage's name and the epoch only (not on other stages).
         stage_seed = (self.seed * 1_000_003 + zlib.crc32(setup.info.name.encode())) % 2**62
         generator = torch.Generator().manual_seed((stage_seed * 10_007 + epoch) % 2**64)  # any schedule seed
-        train_count = int(self.data.train_labels.shape[0])
+        train_count = self.data.train_count
         term_sums = torch.zeros(len(setup.terms), dtype=torch.float64)
         loss_sum = 0.0
         correct = 0
@@ -521,20 +532,16 @@ class Trainer:
         weight_tensor = torch.tensor(weights, dtype=torch.float64)
         pretraining = setup.phase == "pretrain"
         skipped = 0
-        for batch, (images, labels, indices) in enumerate(
-            iterate_batches(
-                self.data.train_images,
-                self.data.train_labels,
-                self.batch_size,
-                generator=generator,
-                drop_last=train_count > self.batch_size,
-            )
-        ):
-            if self.data.augment is not None:
-                images = self.data.augment(images, generator)
-            # Several processes: each takes its share of the global batch (after the augmentation,
-            # so that every sample is augmented as in a single-process run).
-            images, labels, indices = self.dist.shard_batch(images, labels, indices)
+        batches = train_batches(
+            self.data,
+            self.batch_size,
+            generator=generator,
+            drop_last=train_count > self.batch_size,
+            device=self.device,
+            dist=self.dist,  # several processes: each gets its share of every global batch
+            num_workers=self.num_workers,
+        )
+        for batch, (images, labels, indices) in enumerate(batches):
             images = _layout(images, config.channels_last)
             self.state.batch, self.state.samples = batch, int(labels.shape[0])
             self._fire("kdframe_on_batch_start", state=self.state)
@@ -579,6 +586,11 @@ class Trainer:
                         "training.on_nonfinite: \"skip\" skips such batches instead."
                     )
                 skipped += 1
+                if self.dist.active:
+                    # DDP expects a backward pass after every training forward pass; every rank takes
+                    # this branch (the values are averaged across ranks), and the gradients are dropped.
+                    total.backward()
+                    optimizer.zero_grad(set_to_none=True)
                 self.state.metrics = {"skipped_batches": float(skipped), "lr": optimizer.param_groups[0]["lr"]}
                 self._fire("kdframe_on_batch_end", state=self.state)
                 self._check_stop()

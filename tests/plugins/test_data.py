@@ -485,14 +485,18 @@ def test_augment_is_fast_on_a_cifar_batch() -> None:
 def test_registered_through_a_plugin_manager() -> None:
     plugins = create_plugins(load_entry_points=False, plugins=[("kdframe_data", kdframe_data)])
     registry = plugins.registry
-    assert registry.names("dataset") == ["cifar10", "cifar100", "fashion_mnist", "synthetic"]
+    assert registry.names("dataset") == ["cifar10", "cifar100", "fashion_mnist", "image_folder", "synthetic"]
     spec = registry.spec("dataset", "synthetic")
     ds = spec.factory(spec.params(train_size=20, test_size=10))
     assert isinstance(ds, InMemoryDataset) and ds.train_images.shape[0] == 20
     assert registry.get("dataset", "synthetic").provider.plugin == "kdframe_data"
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "fashion_mnist", "synthetic"])
+#: Params without a default, by dataset.
+REQUIRED_PARAMS = {"image_folder": {"root": "/data/images"}}
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "fashion_mnist", "image_folder", "synthetic"])
 def test_every_spec_follows_the_contract(name: str) -> None:
     plugins = create_plugins(load_entry_points=False, plugins=[("kdframe_data", kdframe_data)])
     spec = plugins.registry.spec("dataset", name)
@@ -500,6 +504,6 @@ def test_every_spec_follows_the_contract(name: str) -> None:
     assert spec.params.model_config.get("extra") == "forbid"
     for field_name, field in spec.params.model_fields.items():
         assert field.description, f"{name}.{field_name} has no description"
-    spec.params()  # every field has a default
+    spec.params(**REQUIRED_PARAMS.get(name, {}))  # every other field has a default
     with pytest.raises(ValidationError):
         spec.params(no_such_field=1)
