@@ -150,7 +150,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print()
     print(format_table([result.to_dict() for result in results]))
     print(f"\nRun folder: {folder}")
-    print(f"TensorBoard: tensorboard --logdir {folder / 'tensorboard'}")
+    if (folder / "tensorboard").is_dir():  # only when the schedule lists the tensorboard logger
+        print(f"TensorBoard: tensorboard --logdir {folder / 'tensorboard'}")
     return 0
 
 

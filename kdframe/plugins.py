@@ -102,6 +102,28 @@ class Plugins:
         the plugin that raised them."""
         return NamingHookRelay(self.pm, self.providers)
 
+    def call_each(self, hook_name: str, only: Iterable[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Call each implementation of a hook on its own and return the results by plugin name
+        (``None`` results left out); ``only`` limits the call to the named plugins. An exception
+        raised by an implementation becomes a :class:`PluginError` naming its plugin."""
+        wanted = set(only) if only is not None else None
+        results: dict[str, Any] = {}
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            if wanted is not None and impl.plugin_name not in wanted:
+                continue
+            arguments = {name: value for name, value in kwargs.items() if name in impl.argnames}
+            try:
+                value = impl.function(**arguments)
+            except Exception as error:
+                provider = self.providers.get(impl.plugin_name) or Provider(impl.plugin_name, "", "", "")
+                raise PluginError(
+                    f"{provider.describe()} raised an error in {hook_name}: {type(error).__name__}: "
+                    f"{error}. Fix or update the plugin, or leave it out with {BLOCK_ENV}={impl.plugin_name}."
+                ) from error
+            if value is not None:
+                results[impl.plugin_name] = value
+        return results
+
     def register_for_run(self, plugin: object, name: str) -> None:
         """Register a per-run plugin object (a logger) and check its hook names."""
         self.pm.register(plugin, name=name)

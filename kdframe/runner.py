@@ -566,20 +566,13 @@ def stage_result_from_row(row: dict[str, Any]) -> StageResult:
 
 def collect_plugin_state(plugins: Plugins, run: RunInfo, stage: StageInfo) -> dict[str, Any]:
     """What each event-hook plugin wants kept in a stage checkpoint, by plugin name."""
-    hook = plugins.pm.hook.kdframe_state_dict
-    states = {}
-    for impl in hook.get_hookimpls():
-        value = impl.function(run=run, stage=stage)
-        if value is not None:
-            states[impl.plugin_name] = value
-    return states
+    return plugins.call_each("kdframe_state_dict", run=run, stage=stage)
 
 
 def restore_plugin_state(plugins: Plugins, run: RunInfo, stage: StageInfo, states: dict[str, Any]) -> None:
     """Hand each plugin back the state it gave :func:`collect_plugin_state`."""
-    for impl in plugins.pm.hook.kdframe_load_state_dict.get_hookimpls():
-        if impl.plugin_name in states:
-            impl.function(run=run, stage=stage, state=states[impl.plugin_name])
+    for name, state in states.items():
+        plugins.call_each("kdframe_load_state_dict", only=[name], run=run, stage=stage, state=state)
 
 
 @contextlib.contextmanager

@@ -39,6 +39,13 @@ def test_run_prints_the_results_table(tmp_path, capsys) -> None:
     assert json.loads((tmp_path / "run" / "schedule.json").read_text())["seed"] == 3
 
 
+def test_run_without_the_tensorboard_logger_prints_no_tensorboard_line(tmp_path, capsys) -> None:
+    path = write_schedule(tmp_path, tiny_schedule(**{"training.epochs": 1, "logging.loggers": []}))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    output = capsys.readouterr().out
+    assert "Run folder:" in output and "tensorboard" not in output.lower()
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [

@@ -345,3 +345,22 @@ def test_a_registered_logger_is_built_for_the_run_and_receives_events(tmp_path) 
     assert plugin.accuracies == [result.final_test_acc for result in results]
     # The per-run logger is unregistered after the run.
     assert all(not name.startswith("run-logger") for name, _ in plugins.pm.list_name_plugin())
+
+
+class BrokenState:
+    @hookimpl
+    def kdframe_state_dict(self, stage):
+        raise RuntimeError(f"cannot serialise {stage}")
+
+
+def test_call_each_passes_only_declared_arguments_and_names_a_failing_plugin() -> None:
+    class Saves:
+        @hookimpl
+        def kdframe_state_dict(self, stage):
+            return {"stage": stage}
+
+    plugins = create_plugins(load_entry_points=False, plugins=[("saves", Saves()), ("silent", FailsAtStageStart())])
+    assert plugins.call_each("kdframe_state_dict", run="r", stage="s") == {"saves": {"stage": "s"}}
+    broken = create_plugins(load_entry_points=False, plugins=[("broken_state", BrokenState())])
+    with pytest.raises(PluginError, match=r"plugin 'broken_state'.*kdframe_state_dict: RuntimeError: cannot serialise s"):
+        broken.call_each("kdframe_state_dict", run="r", stage="s")

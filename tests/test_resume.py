@@ -220,11 +220,11 @@ class CountingPlugin:
             raise OSError("the logging server went away")
 
     @hookimpl
-    def kdframe_state_dict(self, run, stage) -> dict:
+    def kdframe_state_dict(self) -> dict:  # a hookimpl may take fewer arguments than the hook
         return {"batches": self.batches}
 
     @hookimpl
-    def kdframe_load_state_dict(self, run, stage, state) -> None:
+    def kdframe_load_state_dict(self, stage, state) -> None:
         self.loaded.append((stage.name, state))
         self.batches = int(state["batches"])
 
