@@ -586,11 +586,7 @@ class Trainer:
                         "training.on_nonfinite: \"skip\" skips such batches instead."
                     )
                 skipped += 1
-                if self.dist.active:
-                    # DDP expects a backward pass after every training forward pass; every rank takes
-                    # this branch (the values are averaged across ranks), and the gradients are dropped.
-                    total.backward()
-                    optimizer.zero_grad(set_to_none=True)
+                # Every rank takes this branch: the values are averaged across ranks above.
                 self.state.metrics = {"skipped_batches": float(skipped), "lr": optimizer.param_groups[0]["lr"]}
                 self._fire("kdframe_on_batch_end", state=self.state)
                 self._check_stop()

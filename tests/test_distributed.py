@@ -85,3 +85,57 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     # Only rank 0 wrote logs: one event file per stage.
     for stage_folder in (two / "tensorboard").iterdir():
         assert len(list(stage_folder.glob("events.out.tfevents.*"))) == 1, stage_folder
+
+
+#: Runs ``kdframe`` with an extra loss that is NaN on rank 0 only, at its 2nd and 6th call.
+NAN_DRIVER = """
+import os, sys
+from pydantic import Field
+from kdframe import LossSpec, LossTerm, Params, hookimpl, runner
+from kdframe.cli import main
+from kdframe.plugins import create_plugins
+
+class NaNParams(Params):
+    at: list[int] = Field(default_factory=list, description="Calls (1-based) that return NaN on rank 0.")
+
+class RankZeroNaN(LossTerm):
+    needs_teacher = False
+    def __init__(self, params):
+        super().__init__()
+        self.calls, self.at = 0, params.at
+    def forward(self, outputs):
+        self.calls += 1
+        bad = self.calls in self.at and os.environ.get("RANK", "0") == "0"
+        return outputs.student.logits.mean() * 0 + (float("nan") if bad else 0.0)
+
+class Plugin:
+    @hookimpl
+    def kdframe_register_losses(self):
+        return [LossSpec(name="rank_zero_nan", summary="NaN on rank 0", factory=RankZeroNaN, params=NaNParams, family="label")]
+
+real = runner.plugins_for
+runner.plugins_for = lambda selection: create_plugins(plugins=[("nan", Plugin())])
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_non_finite_batch_on_one_rank_is_skipped_by_every_rank(tmp_path: Path) -> None:
+    schedule = tiny_schedule(
+        **{
+            "training.on_nonfinite": "skip",
+            "curriculum": {"name": "direct", "params": {"student": "student"}},
+            "distill.scratch_losses": [{"name": "cross_entropy"}, {"name": "rank_zero_nan", "params": {"at": [2, 6]}}],
+            "logging.loggers": [],
+        }
+    )
+    path = write_schedule(tmp_path, schedule)
+    driver = tmp_path / "nan_driver.py"
+    driver.write_text(NAN_DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(driver), "run", str(path), "--out", str(tmp_path / "run"), "--quiet"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["stages"]
+    assert rows[0]["skipped_batches"] == 2 and rows[0]["epochs_run"] == 2
