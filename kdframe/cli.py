@@ -13,8 +13,9 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from kdframe import __version__
 from kdframe.errors import KdframeError
@@ -134,14 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from kdframe.results import format_table
-    from kdframe.runner import run_schedule
-
+def _train_and_report(train: Callable[[], tuple[Path, list[Any]]]) -> int:
+    """Run ``train`` (a run or a resumed run), then print its results table and folder."""
     from kdframe import distributed
+    from kdframe.results import format_table
 
     try:
-        folder, results = run_schedule(args.schedule, overrides=args.overrides, out=args.out, quiet=args.quiet)
+        folder, results = train()
         main = distributed.is_main()
     finally:
         distributed.shutdown()
@@ -155,24 +155,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kdframe.runner import run_schedule
+
+    return _train_and_report(
+        lambda: run_schedule(args.schedule, overrides=args.overrides, out=args.out, quiet=args.quiet)
+    )
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from kdframe.runner import format_table, resume_run
+    from kdframe.runner import resume_run
 
-    from kdframe import distributed
-
-    try:
-        folder, results = resume_run(
+    return _train_and_report(
+        lambda: resume_run(
             args.folder, schedule_path=args.schedule, overrides=args.overrides, force=args.force, quiet=args.quiet
         )
-        main = distributed.is_main()
-    finally:
-        distributed.shutdown()
-    if not main:  # under torchrun, rank 0 alone prints
-        return 0
-    print()
-    print(format_table([result.to_dict() for result in results]))
-    print(f"\nRun folder: {folder}")
-    return 0
+    )
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

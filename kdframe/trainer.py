@@ -384,11 +384,15 @@ class Trainer:
         signal_name = self.stop_requested()
         if signal_name:
             done = self.state.epoch
+            saved = (
+                f"The stage's state after epoch {done} is saved"
+                if done
+                else "No epoch of this stage had finished, so it will restart from its beginning"
+            )
             raise RunInterrupted(
                 f"Stopped by {signal_name} in stage '{self.setup.info.name}' during epoch {self.state.epoch + 1}, "
-                f"batch {self.state.batch + 1}. The stage's state after epoch {done} is saved"
-                f"{'' if done else ' (none yet: the stage restarts from its beginning)'}; finished "
-                f"stages and results.json are kept. Continue with: kdframe resume {self.run.folder}"
+                f"batch {self.state.batch + 1}. {saved}; finished stages and results.json are kept. "
+                f"Continue with: kdframe resume {self.run.folder}"
             )
 
     def _kept_teachers(self, generator: torch.Generator) -> list[int]:
