@@ -660,7 +660,7 @@ def resume_run(
             "has. Resume with the schedule the run started with."
         )
     folders.check_writable(folder, folders.MIN_FREE_BYTES)
-    if changes:
+    if changes and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes
         number = len(list(folder.glob("schedule.before-resume-*.json"))) + 1
         folders.write_text_atomic(folder / f"schedule.before-resume-{number}.json", stored_path.read_text())
         folders.write_text_atomic(stored_path, json.dumps(resolved_schedule, indent=2) + "\n")
