@@ -16,7 +16,7 @@ import random
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -477,13 +477,10 @@ def run_stage(
 
     if saved is not None:
         # Snapshots taken before the interruption: reload the copies later stages learn from.
-        for epoch in setup.snapshots:
-            path = stage_folder / f"epoch-{epoch}.pt"
-            if epoch <= saved["trainer"]["epochs_done"] and path.is_file():
-                copy_key = snapshot_key(key, epoch)
-                if copy_key in experiment.models:
-                    checkpoints.load_into(experiment.models[copy_key], path, label=f"snapshot '{copy_key}'")
-                taken.add(epoch)
+        done = saved["trainer"]["epochs_done"]
+        present = [e for e in setup.snapshots if e <= done and (stage_folder / f"epoch-{e}.pt").is_file()]
+        reload_snapshots(experiment, setup, present)
+        taken.update(present)
 
     def save_state(trainer_state: dict[str, Any]) -> None:
         if not distributed.is_main():
@@ -550,10 +547,17 @@ def restore_finished_stage(experiment: Experiment, setup: StageSetup) -> None:
     if setup.phase == "pretrain":
         for weighted in setup.terms:
             weighted.term.end_pretraining()
-    for epoch in setup.snapshots:
-        copy_key = snapshot_key(key, epoch)
+    reload_snapshots(experiment, setup, setup.snapshots)
+
+
+def reload_snapshots(experiment: Experiment, setup: StageSetup, epochs: Iterable[int]) -> None:
+    """Load the stage's ``epoch-N.pt`` snapshots into the model copies (``model@N``) later stages
+    learn from."""
+    for epoch in epochs:
+        copy_key = snapshot_key(setup.info.student, epoch)
         if copy_key in experiment.models:
-            checkpoints.load_into(experiment.models[copy_key], stage_folder / f"epoch-{epoch}.pt", label=f"snapshot '{copy_key}'")
+            path = Path(setup.info.folder) / f"epoch-{epoch}.pt"
+            checkpoints.load_into(experiment.models[copy_key], path, label=f"snapshot '{copy_key}'")
 
 
 def stage_result_from_row(row: dict[str, Any]) -> StageResult:
