@@ -37,7 +37,7 @@ from kdframe.registry import (
     Params,
 )
 from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
-from kdframe.value_schedule import ScheduledFloat, ValueSchedule, value_at
+from kdframe.value_schedule import ScheduledFloat, ValueSchedule, value_at, value_range
 
 __version__ = "0.1.0"
 
@@ -84,5 +84,6 @@ __all__ = [
     "split_snapshot",
     "teacher_stages",
     "value_at",
+    "value_range",
     "__version__",
 ]

@@ -4,12 +4,15 @@ Checkpoints are written atomically and durably with :func:`kdframe.folders.save_
 file in the same folder, fsync, rename, fsync of the folder; a full or read-only disk is a
 :class:`~kdframe.errors.StorageError` that leaves an earlier file intact) and read with
 ``torch.load(weights_only=True)``, so loading a file from elsewhere never executes code. A kdframe
-checkpoint is a dict ``{"format": "kdframe-model/1", "model", "arch", "params", "state_dict"}``; a
-plain ``state_dict`` is accepted too.
+checkpoint is a dict ``{"format": "kdframe-model/1", "model", "arch", "params", "state_dict",
+"sha256"}``; ``sha256`` is the checksum of the rest (:func:`payload_digest`), verified on every load,
+so a flipped bit is refused instead of training on silently different weights. A plain
+``state_dict`` (or an older kdframe file without the checksum) is accepted too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -22,6 +25,8 @@ from kdframe.errors import CheckpointError
 from kdframe.folders import save_atomic
 
 FORMAT = "kdframe-model/1"
+#: Key of the SHA-256 of the rest of a payload (see :func:`payload_digest`) in the files kdframe writes.
+CHECKSUM_KEY = "sha256"
 
 #: How to make a checkpoint kdframe can read, appended to messages about unreadable files.
 _REMAKE = (
@@ -30,12 +35,14 @@ _REMAKE = (
 )
 
 __all__ = [
+    "CHECKSUM_KEY",
     "FORMAT",
     "atomic_torch_save",
     "checkpoint_bytes",
     "load_into",
     "load_payload",
     "load_state_dict",
+    "payload_digest",
     "save_atomic",
     "save_model",
 ]
@@ -54,12 +61,39 @@ def save_model(path: Path, model: nn.Module, *, key: str, arch: str, params: dic
 
 def atomic_torch_save(payload: Any, path: Path, *, what: str = "checkpoint") -> Path:
     """``torch.save(payload)`` to ``path`` with :func:`~kdframe.folders.save_atomic`'s guarantees
-    (e.g. a full-state checkpoint dict of model, optimizer and epoch); returns ``path``."""
+    (e.g. a full-state checkpoint dict of model, optimizer and epoch); returns ``path``. A dict
+    payload gets its :func:`payload_digest` under :data:`CHECKSUM_KEY`, which :func:`load_payload`
+    verifies, so a changed bit anywhere in its tensors or values is detected."""
+    if isinstance(payload, dict):
+        payload = {**payload, CHECKSUM_KEY: payload_digest(payload)}
 
     def write(stream: BinaryIO) -> None:
         torch.save(payload, stream)
 
     return save_atomic(Path(path), write, what=what)
+
+
+def payload_digest(payload: Any) -> str:
+    """SHA-256 of a checkpoint payload's content: every tensor's dtype, shape and bytes and every
+    other value, in order, so it is the same before ``torch.save`` and after ``torch.load``."""
+    digest = hashlib.sha256()
+    pending: list[Any] = [payload]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            tensor = item.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # no copy
+        elif isinstance(item, dict):
+            digest.update(f"D{len(item)}".encode())
+            for key, value in reversed(list(item.items())):
+                pending += [value, key]
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"L{len(item)}".encode())
+            pending += reversed(item)
+        else:
+            digest.update(f"V{type(item).__name__}:{item!r};".encode())
+    return digest.hexdigest()
 
 
 def checkpoint_bytes(model: nn.Module) -> int:
@@ -99,11 +133,19 @@ def load_payload(path: str | Path, *, what: str = "checkpoint", advice: str | No
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's own advice would be to load unsafely
-            return torch.load(file, map_location="cpu", weights_only=True)
+            payload = torch.load(file, map_location="cpu", weights_only=True)
     except OSError as error:
         raise CheckpointError(f"{label} cannot be read: {error.strerror or error}. {fix}") from None
     except Exception as error:  # torch.load raises many types on hostile bytes; none is a kdframe bug
         raise CheckpointError(f"{label} {_unreadable(error)} {fix}") from None
+    if isinstance(payload, dict) and CHECKSUM_KEY in payload:
+        stored = payload.pop(CHECKSUM_KEY)
+        if stored != payload_digest(payload):
+            raise CheckpointError(
+                f"{label} is corrupt: its content does not match the checksum kdframe stored when it "
+                f"wrote the file (a bit changed on disk, in memory or in a copy). {fix}"
+            )
+    return payload
 
 
 def load_state_dict(path: str | Path, *, expected_arch: str | None = None) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kdframe import __version__
-from kdframe.errors import KdframeError
+from kdframe.errors import KdframeError, printable
 
 EXIT_INPUT_ERROR = 2
 EXIT_BUG = 1
@@ -241,13 +241,26 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    from kdframe.folders import write_text_atomic
     from kdframe.json_schema import first_party_registry, schedule_schema
     from kdframe.plugins import create_plugins
 
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        if output.is_dir():
+            raise KdframeError(
+                f"schema --output '{output}' is a folder; give the path of a file to write, e.g. "
+                f"--output {output / 'schedule.schema.json'}."
+            )
+        if not output.parent.is_dir():
+            raise KdframeError(
+                f"schema --output '{output}': the folder '{output.parent}' does not exist. Create it "
+                "first, or write the file somewhere else."
+            )
     registry = first_party_registry() if args.first_party else create_plugins().registry
     text = json.dumps(schedule_schema(registry), indent=2) + "\n"
-    if args.output:
-        Path(args.output).write_text(text)
+    if output is not None:
+        write_text_atomic(output, text)  # a StorageError (full disk, permissions) names the file
     else:
         sys.stdout.write(text)
     return 0
@@ -277,8 +290,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from kdframe.report import report_text
 
-    print(report_text(args.folder))
+    print(printable(report_text(args.folder), keep_newlines=True))  # names read from files
     return 0
+
+
+def _safe(message: str) -> str:
+    """A message as one paragraph (no blank lines, whatever names the input held) with every
+    non-printable character escaped, so that names quoted from a schedule or a file cannot send
+    escape sequences or right-to-left overrides to the terminal."""
+    lines = [printable(line) for line in message.split("\n") if line.strip()]
+    return "\n".join(lines)
 
 
 COMMANDS = {
@@ -300,13 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_INPUT_ERROR
     if not args.debug:
-        warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"  # type: ignore[assignment]
+        warnings.formatwarning = lambda message, category, *rest: f"warning: {_safe(str(message))}\n"  # type: ignore[assignment]
     try:
         return COMMANDS[args.command](args)
     except KdframeError as error:
         if args.debug:
             traceback.print_exc()
-        print("error: " + "\n".join(line for line in str(error).splitlines() if line.strip()), file=sys.stderr)  # one paragraph, whatever names the input held
+        print("error: " + _safe(str(error)), file=sys.stderr)
         return getattr(error, "exit_code", EXIT_INPUT_ERROR)
     except BrokenPipeError:  # output piped into a command that stopped reading (e.g. head)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
@@ -319,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         else:
             print(
-                f"error: kdframe failed unexpectedly: {type(error).__name__}: {error}. This is a bug; "
+                f"error: kdframe failed unexpectedly: {type(error).__name__}: {_safe(str(error))}. This is a bug; "
                 "rerun with --debug for the traceback and report it.",
                 file=sys.stderr,
             )

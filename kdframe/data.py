@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data import Dataset as TorchDataset
 
 from kdframe.distributed import DistEnv
+from kdframe.errors import KdframeError
 
 #: ``augment(images, generator) -> images``: a random transformation of a whole training batch.
 BatchAugment = Callable[[Tensor, torch.Generator], Tensor]
@@ -276,12 +277,32 @@ def _load_batches(
         # Its own generator, so that starting the workers does not draw from torch's global one.
         generator=torch.Generator().manual_seed(0),
     )
-    for images, labels, indices in loader:
-        yield (
-            images.to(device, non_blocking=pin),
-            labels.to(device, non_blocking=pin),
-            indices.to(device, non_blocking=pin),
-        )
+    try:
+        for images, labels, indices in loader:
+            yield (
+                images.to(device, non_blocking=pin),
+                labels.to(device, non_blocking=pin),
+                indices.to(device, non_blocking=pin),
+            )
+    except KdframeError as error:
+        # A DataLoader worker's exception is re-raised here with the worker's whole traceback as its
+        # message; the user needs only the original message (--debug still shows where).
+        original = original_message(error)
+        if original is None:
+            raise
+        raise type(error)(original) from error
+
+
+def original_message(error: BaseException) -> str | None:
+    """The message of the exception a DataLoader worker raised, from the error the DataLoader
+    re-raised in this process (whose message is "Caught X in DataLoader worker process N. Original
+    Traceback ... X: message"); ``None`` when ``error`` did not come from a worker."""
+    text = str(error)
+    if not text.startswith(f"Caught {type(error).__name__} in DataLoader worker"):
+        return None
+    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
+    position = text.rfind(marker)
+    return text[position + len(marker):].strip() if position >= 0 else None
 
 
 def _in_memory_train(

@@ -60,6 +60,25 @@ class SweepError(KdframeError):
     """A sweep file is malformed, one of its variants does not validate, or its runs cannot share."""
 
 
+def printable(text: str, *, limit: int | None = None, keep_newlines: bool = False) -> str:
+    """``text`` safe to print on a terminal: every non-printable character (ANSI escape sequences,
+    other control characters, right-to-left overrides and other format characters) is shown as a
+    Python-style escape such as ``\\x1b`` or ``\\u202e``; with ``limit``, text longer than that is cut
+    and marked with ``...``. Newlines are kept when ``keep_newlines`` (a multi-line message)."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit} more characters)"
+    if text.isprintable():
+        return text
+    parts = []
+    for char in text:
+        if char.isprintable() or (keep_newlines and char == "\n"):
+            parts.append(char)
+        else:
+            code = ord(char)
+            parts.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(parts)
+
+
 def suggest(name: str, choices: Iterable[str], limit: int = 3) -> str:
     """Return a sentence suggesting the closest of ``choices`` to ``name``, or an empty string."""
     matches = difflib.get_close_matches(name, list(choices), n=limit, cutoff=0.5)

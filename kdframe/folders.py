@@ -1,6 +1,10 @@
 """Output folders of runs and sweeps, and durable writes into them.
 
-* A fresh default name, and never writing over earlier results (:func:`claim`).
+* A fresh default name, and never writing over earlier results (:func:`claim`); kdframe's own
+  leftovers of a killed process (write probes, temporary files) do not count as results and are
+  removed (:func:`remove_leftovers`).
+* One process at a time in a run folder (:func:`exclusive_lock`), and no writing through symbolic
+  links inside it (:func:`refuse_links`).
 * A pre-flight check that a folder is writable and has room (:func:`check_writable`), so that a run
   on a read-only or full disk is refused before training, not after hours of it.
 * Atomic, durable writes (:func:`save_atomic`, :func:`write_text_atomic`): the data goes to a
@@ -11,19 +15,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from kdframe.errors import KdframeError, RunFolderError, StorageError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 #: Free space a run or sweep folder needs at least, whatever the estimate (results, logs, schedule).
 MIN_FREE_BYTES = 16 * 2**20
+
+#: The lock file that :func:`exclusive_lock` holds inside a run folder.
+LOCK_FILE = ".kdframe.lock"
+#: Names of the write probe of :func:`check_writable` and of :func:`save_atomic`'s temporary files.
+_PROBE = re.compile(r"\.kdframe-write-test-[0-9a-f]{8}")
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp", re.DOTALL)
 
 #: ``errno`` values of a full disk or an exceeded quota.
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
@@ -43,9 +60,29 @@ def default_folder(name: str) -> Path:
     return folder
 
 
+def is_leftover(name: str) -> bool:
+    """Whether a file name is one of kdframe's own leftovers: a write probe or an atomic write's
+    temporary file (left by a process killed at that moment), or a run folder's lock file."""
+    return name == LOCK_FILE or bool(_PROBE.fullmatch(name) or _TEMPORARY.fullmatch(name))
+
+
+def remove_leftovers(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """Delete kdframe's own temporary files and write probes in ``folder`` (and, with ``recursive``,
+    in every folder below it, links not followed); return what was removed. The lock file stays."""
+    removed = []
+    for root, _, names in os.walk(folder) if recursive else [(str(folder), [], _names(folder))]:
+        for name in names:
+            path = Path(root) / name
+            if name != LOCK_FILE and is_leftover(name) and path.is_file() and not path.is_symlink():
+                _remove_quietly(path)
+                removed.append(path)
+    return removed
+
+
 def check_unused(folder: Path, what: str) -> None:
-    """Refuse a folder that already holds files: kdframe never writes over an earlier result."""
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    """Refuse a folder that already holds files: kdframe never writes over an earlier result. A
+    folder holding only kdframe's own leftovers (see :func:`is_leftover`) counts as empty."""
+    if folder.exists() and (not folder.is_dir() or not all(is_leftover(name) for name in _names(folder))):
         raise RunFolderError(
             f"{what.capitalize()} folder '{folder}' already exists and is not empty; kdframe never "
             "writes over an earlier run or sweep. Choose another --out, or move that folder away."
@@ -53,8 +90,9 @@ def check_unused(folder: Path, what: str) -> None:
 
 
 def claim(folder: Path, what: str, need_bytes: int = MIN_FREE_BYTES) -> Path:
-    """Create ``folder`` (refusing one that holds files) and check that it is writable and that its
-    disk has at least ``need_bytes`` free; raise :class:`RunFolderError` otherwise."""
+    """Create ``folder`` (refusing one that holds files other than kdframe's own leftovers, which
+    are removed) and check that it is writable and that its disk has at least ``need_bytes`` free;
+    raise :class:`RunFolderError` otherwise."""
     check_unused(folder, what)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -63,8 +101,64 @@ def claim(folder: Path, what: str, need_bytes: int = MIN_FREE_BYTES) -> Path:
         raise RunFolderError(
             f"Cannot create {what} folder '{folder}': {reason}. {advice} Or choose another --out."
         ) from None
+    remove_leftovers(folder)
     check_writable(folder, need_bytes, what=f"{what} folder", error=RunFolderError)
     return folder
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: Path, what: str = "run") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on its :data:`LOCK_FILE`) within the block,
+    so that two kdframe processes never write one run folder at once; the second is refused with a
+    :class:`RunFolderError`. The lock ends with the process, however it ends. Where ``fcntl`` does
+    not exist (Windows) no lock is taken."""
+    if fcntl is None:
+        yield
+        return
+    path = Path(folder) / LOCK_FILE
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as error:
+        reason, advice = describe_os_error(error)
+        raise RunFolderError(f"Cannot lock {what} folder '{folder}' ({path}): {reason}. {advice}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunFolderError(
+                f"{what.capitalize()} folder '{folder}' is in use by another kdframe process (it holds "
+                f"{LOCK_FILE}). Wait for it to finish or stop it, then try again; two processes never "
+                "write one run folder at once."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)
+
+
+def refuse_links(folder: Path, what: str = "run") -> None:
+    """Refuse a folder that holds a symbolic link anywhere below it: writing through one (a stage
+    folder linked to another place, a ``student.pt`` linked to another file) would change files
+    outside the run. ``folder`` itself may be a link."""
+    for root, dirs, names in os.walk(folder):
+        for name in (*dirs, *names):
+            path = Path(root) / name
+            if path.is_symlink():
+                raise RunFolderError(
+                    f"{what.capitalize()} folder '{folder}' holds a symbolic link, '{path}' -> "
+                    f"'{os.readlink(path)}'; kdframe does not write through links inside a run folder, "
+                    "which could change files outside it. Replace the link with a copy of what it points "
+                    "to, or remove it."
+                )
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return []
 
 
 def check_writable(

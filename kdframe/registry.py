@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from kdframe.errors import ComponentError, PluginError, suggest
+from kdframe.strict_numbers import NoBoolNumbers
 
 if TYPE_CHECKING:
     import pluggy
 
 
-class Params(BaseModel):
-    """Base class of component parameters: unknown fields are errors, numbers must be finite, and
-    values are immutable."""
+class Params(NoBoolNumbers):
+    """Base class of component parameters: unknown fields are errors, numbers must be finite (and
+    never ``true``/``false``), and values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -69,6 +70,8 @@ class LossSpec(ComponentSpec):
             :class:`~kdframe.value_schedule.ValueSchedule` such as DKD's warm-up.
         label_weight: The weight of ``cross_entropy`` that ``weight`` goes with (0.1 for Hinton-style
             KD, whose weights are ``1 - alpha`` and ``alpha``; 1 for most feature and relation terms).
+        weight_source: Where ``weight`` comes from: the paper, or the code and setting it is taken
+            from, and how this implementation's reduction changes it (shown in docs/methods.md).
     """
 
     kind: ClassVar[str] = "loss"
@@ -78,6 +81,7 @@ class LossSpec(ComponentSpec):
     layers: str = "logits"
     weight: Any = 1.0
     label_weight: float = 1.0
+    weight_source: str = ""
 
 
 @dataclass(frozen=True)

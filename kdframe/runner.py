@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from kdframe import checkpoints, distributed, folders, teacher_cache
@@ -38,6 +39,7 @@ from kdframe.results import RESULTS_FILE, format_table, write_results
 from kdframe.resume import StopSignals, load_stage_state, save_stage_state, schedule_diff, set_rng_state
 from kdframe.schedule import (
     PluginsConfig,
+    format_validation_error,
     Schedule,
     apply_overrides,
     component_params,
@@ -560,12 +562,24 @@ def reload_snapshots(experiment: Experiment, setup: StageSetup, epochs: Iterable
             checkpoints.load_into(experiment.models[copy_key], path, label=f"snapshot '{copy_key}'")
 
 
-def stage_result_from_row(row: dict[str, Any]) -> StageResult:
-    """A :class:`StageResult` read back from a row of ``results.json``."""
+def stage_result_from_row(row: dict[str, Any], source: str = RESULTS_FILE) -> StageResult:
+    """A :class:`StageResult` read back from a row of ``results.json``; a row that lacks a field or
+    holds a value of the wrong type is a :class:`RunFolderError` naming ``source`` and the fields."""
     names = {f.name for f in dataclasses.fields(StageResult)}
     values = {name: value for name, value in row.items() if name in names}
-    values["teachers"] = tuple(values.get("teachers", ()))
-    return StageResult(**values)
+    try:
+        return _STAGE_RESULT.validate_python(values)
+    except ValidationError as error:
+        stage = row.get("stage") if isinstance(row.get("stage"), str) else "?"
+        problems = "; ".join(format_validation_error(error))
+        raise RunFolderError(
+            f"'{source}' has a damaged row for stage '{stage}' ({problems}). kdframe only ever replaces "
+            "that file atomically, so it was changed by hand: restore it, or remove that stage's row "
+            "(and the rows after it) to train those stages again."
+        ) from None
+
+
+_STAGE_RESULT = TypeAdapter(StageResult)
 
 
 def collect_plugin_state(plugins: Plugins, run: RunInfo, stage: StageInfo) -> dict[str, Any]:
@@ -610,7 +624,8 @@ def run_schedule(
     # Under torchrun: join the process group; rank 0 claims the run folder and tells the others.
     env = distributed.init_from_env(pick_device(schedule.device))
     folder = distributed.broadcast_object(make_run_folder(schedule, out) if env.is_main else None)
-    results = execute(experiment, folder, quiet=quiet)
+    with folders.exclusive_lock(folder) if env.is_main else contextlib.nullcontext():
+        results = execute(experiment, folder, quiet=quiet)
     return folder, results
 
 
@@ -636,6 +651,25 @@ def resume_run(
             f"'{folder}' is not a kdframe run folder (it has no {SCHEDULE_FILE}). Give the folder that "
             "'kdframe run' printed as 'Run folder:'."
         )
+    folders.refuse_links(folder)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone locks and writes
+    with folders.exclusive_lock(folder) if main else contextlib.nullcontext():
+        if main:
+            folders.remove_leftovers(folder, recursive=True)  # temporary files of a killed process
+        return _resume_locked(folder, stored_path, schedule_path, overrides, force, quiet, plugins, main)
+
+
+def _resume_locked(
+    folder: Path,
+    stored_path: Path,
+    schedule_path: str | Path | None,
+    overrides: list[str] | None,
+    force: bool,
+    quiet: bool,
+    plugins: Plugins | None,
+    main: bool,
+) -> tuple[Path, list[StageResult]]:
+    """:func:`resume_run` once the run folder is checked and locked."""
     stored = load_json(stored_path)
     previous = read_results(folder)
     if previous.get("finished"):
@@ -656,7 +690,8 @@ def resume_run(
         )
     experiment = prepare(schedule, plugins, resolved_schedule)
     names = {setup.info.name for setup in experiment.setups}
-    finished = {row["stage"]: row for row in previous.get("stages", []) if isinstance(row, dict) and "stage" in row}
+    rows = [row for row in previous.get("stages", []) if isinstance(row, dict)]
+    finished = {stage_result_from_row(row, str(folder / RESULTS_FILE)).stage: row for row in rows}
     unknown = sorted(set(finished) - names)
     if unknown:
         raise ResumeError(
@@ -664,7 +699,7 @@ def resume_run(
             "has. Resume with the schedule the run started with."
         )
     folders.check_writable(folder, folders.MIN_FREE_BYTES)
-    if changes and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes
+    if changes and main:
         number = len(list(folder.glob("schedule.before-resume-*.json"))) + 1
         folders.write_text_atomic(folder / f"schedule.before-resume-{number}.json", stored_path.read_text())
         folders.write_text_atomic(stored_path, json.dumps(resolved_schedule, indent=2) + "\n")

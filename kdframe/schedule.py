@@ -20,17 +20,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kdframe.errors import ComponentError, ScheduleError
-from kdframe.value_schedule import ScheduledFloat, ValueSchedule
+from kdframe.errors import ComponentError, ScheduleError, printable
+from kdframe.strict_numbers import BOOL_NOT_NUMBER, NoBoolNumbers
+from kdframe.value_schedule import ScheduledFloat, value_range
 
 if TYPE_CHECKING:
     from kdframe.registry import Registry
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+#: How deeply a schedule's JSON may nest (a real schedule needs under ten levels).
+MAX_DEPTH = 64
+#: The largest seed a schedule may hold (NumPy's generators take 32-bit seeds).
+MAX_SEED = 2**32 - 1
 
 
-class StrictModel(BaseModel):
-    """Schedule sections: unknown keys are errors; numbers must be finite."""
+class StrictModel(NoBoolNumbers):
+    """Schedule sections: unknown keys are errors; numbers must be finite and never ``true``/``false``."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
 
@@ -56,9 +61,9 @@ class LossConfig(ComponentRef):
     @field_validator("weight")
     @classmethod
     def _non_negative(cls, value: ScheduledFloat) -> ScheduledFloat:
-        numbers = [value] if not isinstance(value, ValueSchedule) else [value.start, value.end or 0.0]
-        if any(number < 0 for number in numbers):
-            raise ValueError("a loss weight must not be negative")
+        lowest, _ = value_range(value)  # over every epoch: a step schedule with gamma < 0 flips sign
+        if lowest < 0:
+            raise ValueError(f"a loss weight must not be negative (this one reaches {lowest:g})")
         return value
 
 
@@ -106,13 +111,19 @@ class SGDConfig(StrictModel):
     nesterov: bool = Field(True, description="Nesterov momentum (needs momentum > 0).")
 
 
+#: A number in [0, 1), e.g. one of Adam's betas.
+UnitInterval = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class AdamConfig(StrictModel):
     """Adam or AdamW."""
 
     name: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0.0, le=100.0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay (decoupled for adamw).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Coefficients of the running averages.")
+    betas: tuple[UnitInterval, UnitInterval] = Field(
+        (0.9, 0.999), description="Coefficients of the running averages, each in [0, 1)."
+    )
 
 
 OptimizerConfig = Annotated[SGDConfig | AdamConfig, Field(discriminator="name")]
@@ -125,6 +136,7 @@ class LRScheduleConfig(StrictModel):
     warmup_epochs: float = Field(
         1.0,
         ge=0.0,
+        le=100_000,
         description="Epochs of linear warm-up from warmup_start_factor * lr to lr. One epoch keeps "
         "KD with a high temperature from collapsing at lr 0.05.",
     )
@@ -158,6 +170,14 @@ class TrainingConfig(StrictModel):
         "or 'disk' insist (an error where caching is invalid); 'off' runs the teachers every batch.",
     )
     grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this.")
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _default_optimizer_name(cls, value: Any) -> Any:
+        # "optimizer": {"lr": 0.1} (or --set training.optimizer.lr=0.1) means the default optimizer.
+        if isinstance(value, dict) and "name" not in value:
+            return {"name": "sgd", **value}
+        return value
     on_collapse: Literal["warn", "stop"] = Field(
         "warn",
         description="What to do when test accuracy stays at chance level after the warm-up: "
@@ -267,7 +287,7 @@ class Schedule(StrictModel):
     schema_url: str | None = Field(None, alias="$schema", description="JSON Schema for editors.")
     name: str = Field(pattern=NAME_PATTERN, max_length=100, description="Run name (used in folder names).")
     description: str = Field("", description="Free text.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of every random number generator.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of every random number generator.")
     deterministic: bool = Field(
         False,
         description="Use only deterministic algorithms (torch.use_deterministic_algorithms, no cuDNN "
@@ -325,9 +345,11 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
         location = tuple(part for part in item["loc"] if part not in ("function-after",))
         # Discriminated unions add the tag to the location (optimizer.sgd.lr): drop it.
         location = tuple(part for part in location if part not in ("sgd", "adam", "adamw"))
-        path = format_location(location)
-        if prefix:
-            path = f"{prefix}.{path}" if not path.startswith("[") else prefix + path
+        if item["type"] == BOOL_NOT_NUMBER:  # raised for the whole object; report each key's own path
+            keys = str(item.get("ctx", {}).get("keys", "")).split(", ")
+            lines += [f"{_join(prefix, format_location((*location, key)))}: must be a number, not true or false" for key in keys]
+            continue
+        path = _join(prefix, format_location(location))
         message = item["msg"]
         if item["type"] not in ("missing", "extra_forbidden") and "input" in item:
             shown = json.dumps(item["input"], default=str)
@@ -339,7 +361,13 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
     return lines
 
 
-def load_json(path: str | Path, *, max_bytes: int = 10 * 2**20, max_depth: int = 64) -> dict[str, Any]:
+def _join(prefix: str, path: str) -> str:
+    if not prefix:
+        return path
+    return prefix + path if path.startswith("[") else f"{prefix}.{path}"
+
+
+def load_json(path: str | Path, *, max_bytes: int = 10 * 2**20, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     """Read a schedule (or sweep) file: a JSON object in UTF-8 text.
 
     Every problem is a :class:`ScheduleError` that names the file: a missing path, a folder or device
@@ -410,18 +438,23 @@ def load_json(path: str | Path, *, max_bytes: int = 10 * 2**20, max_depth: int =
         raise ScheduleError(
             f"Schedule file '{file}' must hold a JSON object ({{...}}), not {type(data).__name__}."
         )
-    # Later steps (copies, validation) recurse into the data: refuse absurd nesting here, iteratively.
+    check_depth(data, f"Schedule file '{file}'", max_depth)
+    return data
+
+
+def check_depth(data: Any, source: str, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse JSON data nested more than ``max_depth`` levels: later steps (copies, validation)
+    recurse into it. Checked iteratively, so absurd nesting cannot exhaust the stack here."""
     pending: list[tuple[Any, int]] = [(data, 1)]
     while pending:
         node, depth = pending.pop()
         if depth > max_depth:
             raise ScheduleError(
-                f"Schedule file '{file}' is nested more than {max_depth} levels deep; a schedule needs "
-                "far fewer. Check the brackets."
+                f"{source} is nested more than {max_depth} levels deep; a schedule needs far fewer. "
+                "Check the brackets."
             )
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return data
 
 
 def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
@@ -436,22 +469,29 @@ def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, A
         key, sep, raw_value = assignment.partition("=")
         if not sep or not key.strip():
             raise ScheduleError(
-                f"--set '{assignment}' is not of the form dotted.key=VALUE, e.g. training.epochs=3."
+                f"--set '{printable(assignment, limit=80)}' is not of the form dotted.key=VALUE, e.g. training.epochs=3."
             )
         try:
             value = json.loads(raw_value)
         except json.JSONDecodeError:
             value = raw_value
+        except (RecursionError, ValueError) as error:  # absurd nesting; an integer of thousands of digits
+            reason = "is nested far too deeply" if isinstance(error, RecursionError) else "holds a number Python cannot read"
+            raise ScheduleError(
+                f"--set {printable(key.strip(), limit=80)}: the value {reason} ({len(raw_value)} characters). "
+                "Give a plain JSON value such as 3, 0.5, \"sgd\" or [10, 20]."
+            ) from None
+        check_depth(value, f"The value of --set {printable(key.strip(), limit=80)}", MAX_DEPTH - 1)
         parts = key.strip().split(".")
         node: Any = result
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             where = ".".join(parts[: depth + 1])
             if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
+                if not re.fullmatch(r"[0-9]{1,9}", part) or int(part) >= len(node):
                     raise ScheduleError(
-                        f"--set {key}: '{where}' addresses a list of {len(node)} items; use an "
-                        f"index from 0 to {len(node) - 1}."
+                        f"--set {printable(key, limit=80)}: '{printable(where, limit=80)}' addresses a list of "
+                        f"{len(node)} items; use an index from 0 to {len(node) - 1}."
                     )
                 if last:
                     node[int(part)] = value
@@ -464,7 +504,8 @@ def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, A
                     node = node.setdefault(part, {})
             else:
                 raise ScheduleError(
-                    f"--set {key}: '{'.'.join(parts[:depth])}' is a {type(node).__name__}, not an object."
+                    f"--set {printable(key, limit=80)}: '{printable('.'.join(parts[:depth]), limit=80)}' is a "
+                    f"{type(node).__name__}, not an object."
                 )
     return result
 

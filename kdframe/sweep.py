@@ -41,10 +41,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kdframe import folders
 from kdframe.curriculum import StagePlan, check_plan, split_snapshot, with_extra_models
-from kdframe.errors import KdframeError, ScheduleError, SweepError
+from kdframe.errors import KdframeError, ScheduleError, SweepError, printable
 from kdframe.plugins import Plugins
 from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, SWEEP_FILE, SweepReport, write_report
 from kdframe.schedule import (
+    MAX_SEED,
     NAME_PATTERN,
     Schedule,
     component_params,
@@ -190,9 +191,15 @@ def _problems(source: str, lines: list[str]) -> str:
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]`` (the ``--seeds`` option)."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or not all(part.isdigit() for part in parts):
-        raise SweepError(f"--seeds '{text}' must be a comma-separated list of non-negative integers, e.g. --seeds 0,1,2.")
+    # ASCII digits only (str.isdigit admits '²'), and no more than a schedule's seed can hold.
+    if not parts or not all(re.fullmatch(r"[0-9]{1,10}", part) for part in parts):
+        raise SweepError(
+            f"--seeds '{printable(text, limit=80)}' must be a comma-separated list of non-negative integers "
+            f"(each at most {MAX_SEED}), e.g. --seeds 0,1,2."
+        )
     seeds = [int(part) for part in parts]
+    if max(seeds) > MAX_SEED:
+        raise SweepError(f"--seeds '{text}' holds a seed above {MAX_SEED}, the largest a schedule's seed can be.")
     if len(set(seeds)) != len(seeds):
         raise SweepError(f"--seeds '{text}' names a seed more than once.")
     return seeds

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 import weakref
@@ -265,10 +266,10 @@ class TeacherCache:
         folder = (self.directory or cache_root()) / key
         count = int(images.shape[0])
         runs = _Runner(key, teacher, tap, images, batch_size, channels_last, precision_name, device)
-        entry = _load(folder, key, count, paths)
+        entry = self._load_or_discard(folder, key, count, paths, label, discard=env.is_main)
         if env.active and distributed.broadcast_object(entry is not None) != (entry is not None):
             # Rank 0 decides whether the disk entry exists (it may be writing it right now).
-            entry = _load(folder, key, count, paths) if entry is None else None
+            entry = self._load_or_discard(folder, key, count, paths, label, discard=False) if entry is None else None
         if entry is None:
             # Every rank runs the first chunk (the randomness check and the size); rank 0 alone
             # writes a disk entry, which the others then map.
@@ -301,12 +302,41 @@ class TeacherCache:
                         raise StorageError(f"{failure}. Set {CACHE_DIR_ENV} to a writable folder with room for {size / 2**30:.1f} GiB.")
                     self.say_once(f"training.teacher_cache: {failure}; the teachers run every batch.")
                     return None
-                entry = entry or _load(folder, key, count, paths)
+                entry = entry or self._load_or_discard(folder, key, count, paths, label, discard=False)
                 if entry is None:
                     raise TrainingError(f"The teacher-output cache of {label} that rank 0 wrote is missing at '{folder}'.")
         elif mode == "memory" or (mode == "auto" and entry.file_bytes <= AUTO_MEMORY_LIMIT):
             entry = entry.in_memory(device)
         return self._remember(entry)
+
+
+    def _load_or_discard(
+        self, folder: Path, key: str, count: int, paths: list[str], label: str, *, discard: bool
+    ) -> CachedOutputs | None:
+        """The disk entry in ``folder``, or ``None``. A damaged entry is treated as missing: with
+        ``discard`` (the process that writes entries) it is removed, with a warning, so that it is
+        computed again; otherwise it is an error naming the folder."""
+        try:
+            return _load(folder, key, count, paths)
+        except DamagedEntry as damage:
+            if not discard:
+                raise TrainingError(
+                    f"The teacher-output cache entry of {label} in '{folder}' is damaged: {damage}. Delete "
+                    f"that folder (it is recomputed), or set training.teacher_cache to \"off\"."
+                ) from None
+            warnings.warn(
+                f"The teacher-output cache entry of {label} in '{folder}' is damaged ({damage}); it is "
+                "removed and computed again.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.exists():
+                raise TrainingError(
+                    f"The teacher-output cache entry of {label} in '{folder}' is damaged ({damage}) and "
+                    "cannot be removed. Delete that folder by hand, or set training.teacher_cache to \"off\"."
+                ) from None
+            return None
 
 
 class _Runner:
@@ -388,7 +418,10 @@ def _write(runs: _Runner, first: tuple[Tensor, dict[str, Tensor]], key: str, fol
         os.replace(temporary, folder)
     except OSError:  # another process wrote the same entry first: use theirs
         shutil.rmtree(temporary, ignore_errors=True)
-    entry = _load(folder, key, runs.count, list(first[1]))
+    try:
+        entry = _load(folder, key, runs.count, list(first[1]))
+    except DamagedEntry as damage:
+        raise TrainingError(f"The teacher-output cache written to '{folder}' cannot be read back: {damage}.") from None
     if entry is None:
         raise TrainingError(f"The teacher-output cache could not be written to '{folder}'.")
     return entry
@@ -417,19 +450,42 @@ def _write_files(runs: _Runner, first: tuple[Tensor, dict[str, Tensor]], key: st
     (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+class DamagedEntry(Exception):
+    """A disk entry exists but cannot be used (a file is missing, truncated, of the wrong dtype or
+    shape, or its meta.json does not match its key); the message says what."""
+
+
 def _load(folder: Path, key: str, count: int, paths: list[str]) -> CachedOutputs | None:
-    """A disk entry, memory-mapped, or ``None`` when there is none (or it does not match)."""
+    """A disk entry, memory-mapped, or ``None`` when there is none; :class:`DamagedEntry` when the
+    folder exists but does not hold a complete, matching entry. Files are read with
+    ``numpy.load(mmap_mode="r")``, never unpickled (``allow_pickle`` stays off)."""
+    if not folder.exists():
+        return None
     try:
         meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as error:
+        raise DamagedEntry(f"its meta.json cannot be read ({error})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("features"), dict):
+        raise DamagedEntry("its meta.json is not a cache entry's")
     if meta.get("version") != FORMAT_VERSION or meta.get("key") != key or meta.get("count") != count:
-        return None
-    if sorted(meta.get("features", {})) != sorted(paths):
-        return None
-    logits = np.load(folder / "logits.npy", mmap_mode="r")
-    features = {path: np.load(folder / name, mmap_mode="r") for path, name in meta["features"].items()}
-    return CachedOutputs(key, logits, features)
+        raise DamagedEntry("its meta.json names another version, key or sample count")
+    if sorted(meta["features"]) != sorted(paths):
+        raise DamagedEntry("it holds other layers than the ones asked for")
+    names = {"logits": "logits.npy", **meta["features"]}
+    arrays = {}
+    for what, name in names.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+\.npy", name):
+            raise DamagedEntry(f"its meta.json names an unexpected file {name!r}")
+        try:
+            array = np.load(folder / name, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise DamagedEntry(f"{name} cannot be read as a float32 array ({error})") from None
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim < 2 or array.shape[0] != count:
+            shape = getattr(array, "shape", None)
+            raise DamagedEntry(f"{name} is not a float32 array of {count} rows (it is {getattr(array, 'dtype', '?')} {shape})")
+        arrays[what] = array
+    logits = arrays.pop("logits")
+    return CachedOutputs(key, logits, arrays)
 
 
 _DEFAULT_STORE: TeacherCache | None = None

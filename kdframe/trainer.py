@@ -257,6 +257,7 @@ class Trainer:
                 break
             started = time.perf_counter()
             train_metrics = self._train_epoch(epoch, optimizer, scheduler, parameters)
+            self._check_finite_weights(epoch)  # before anything of this epoch is evaluated or saved
             outcome.skipped_batches += int(train_metrics.get("train/skipped_batches", 0))
             seconds = time.perf_counter() - started
             test_acc, test_loss = self._evaluate(student)
@@ -394,6 +395,44 @@ class Trainer:
                 f"batch {self.state.batch + 1}. {saved}; finished stages and results.json are kept. "
                 f"Continue with: kdframe resume {self.run.folder}"
             )
+
+    def _trained_tensors(self) -> list[tuple[str, Tensor]]:
+        """The floating-point parameters and buffers that training changes: the student's and the
+        loss terms' (adapters, memory banks), each with a name for messages."""
+        named: list[tuple[str, Tensor]] = []
+        for owner, module in (("student", self.setup.student), *((f"loss term '{w.name}'", w.term) for w in self.setup.terms)):
+            for kind, tensors in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+                named += [(f"{owner} {kind} '{name}'", t) for name, t in tensors if t.is_floating_point()]
+        return named
+
+    def _buffers(self) -> list[tuple[str, Tensor]]:
+        """Every buffer of the student and the loss terms (BatchNorm statistics, memory banks)."""
+        modules = [self.setup.student, *(w.term for w in self.setup.terms)]
+        return [(name, buffer) for module in modules for name, buffer in module.named_buffers()]
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Raise :class:`TrainingError` when a weight or buffer became NaN or infinite during
+        ``epoch``, whatever ``on_nonfinite`` says (skipping batches cannot repair weights): such a
+        model is never evaluated as a result or saved; the previous epoch's checkpoint stays."""
+        named = self._trained_tensors()
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(tensor).all() for _, tensor in named]).cpu()  # one sync
+        if bool(finite.all()):
+            return
+        bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        kept = (
+            f"the checkpoint of epoch {epoch} (state.pt) is kept and 'kdframe resume' continues from it"
+            if epoch
+            else "no epoch of this stage had finished, so nothing of it is saved"
+        )
+        raise TrainingError(
+            f"Stage '{self.setup.info.name}': the weights became non-finite (NaN or infinite) in epoch "
+            f"{epoch + 1}: {', '.join(bad[:3])}{more}. Nothing of this epoch is saved; {kept}. Lower "
+            "training.optimizer.lr, add training.grad_clip_norm, or lower the loss weights; with "
+            "training.on_nonfinite: \"skip\" such batches are skipped only when their loss is non-finite."
+        )
 
     def _kept_teachers(self, generator: torch.Generator) -> list[int]:
         """Indices of the teachers that teach this batch: all, or a random subset that keeps the first."""
@@ -536,6 +575,9 @@ class Trainer:
         weight_tensor = torch.tensor(weights, dtype=torch.float64)
         pretraining = setup.phase == "pretrain"
         skipped = 0
+        # With on_nonfinite "skip", a skipped batch must leave the model exactly as before it: its
+        # forward pass already moved BatchNorm statistics (and memory banks), so they are put back.
+        restorable = [t for _, t in self._buffers()] if config.on_nonfinite == "skip" else []
         batches = train_batches(
             self.data,
             self.batch_size,
@@ -550,6 +592,7 @@ class Trainer:
             self.state.batch, self.state.samples = batch, int(labels.shape[0])
             self._fire("kdframe_on_batch_start", state=self.state)
 
+            buffers_before = [buffer.clone() for buffer in restorable]
             kept = self._kept_teachers(generator)
             teacher_outputs = self._teacher_outputs(images, indices, kept)
             logits, student_features = self._forward_student(images)
@@ -590,6 +633,9 @@ class Trainer:
                         "training.on_nonfinite: \"skip\" skips such batches instead."
                     )
                 skipped += 1
+                with torch.no_grad():
+                    for buffer, before in zip(restorable, buffers_before):
+                        buffer.copy_(before)
                 # Every rank takes this branch: the values are averaged across ranks above.
                 self.state.metrics = {"skipped_batches": float(skipped), "lr": optimizer.param_groups[0]["lr"]}
                 self._fire("kdframe_on_batch_end", state=self.state)

@@ -43,6 +43,8 @@ def render(registry: Registry) -> str:
     for spec in specs:
         snippet = {"name": spec.name, "weight": as_json(spec.weight), "params": spec.example}
         lines += [f"### `{spec.name}`", "", spec.summary, "", "```json", json.dumps(snippet, indent=2), "```", ""]
+        label = f" beside `cross_entropy` at {spec.label_weight:g}" if spec.name != "cross_entropy" else ""
+        lines += [f"Suggested weight {json.dumps(as_json(spec.weight))}{label}: {spec.weight_source}", ""]
         for name, field in spec.params.model_fields.items():
             lines.append(f"- `{name}`: {field.description}")
         lines.append("")

@@ -387,3 +387,23 @@ def test_checkpoint_bytes_estimates_the_file_size(tmp_path: Path) -> None:
     size = (tmp_path / "m.pt").stat().st_size
     estimate = checkpoints.checkpoint_bytes(model)
     assert (100 * 50 + 50) * 4 <= estimate and 0.5 * size <= estimate <= 2 * size
+
+
+def test_every_saved_checkpoint_carries_a_checksum_that_is_verified(tmp_path: Path) -> None:
+    model = nn.Linear(8, 4)
+    path = tmp_path / "student.pt"
+    save_model(path, model, key="student", arch="linear", params={})
+    raw = torch.load(path, weights_only=True)
+    assert raw[checkpoints.CHECKSUM_KEY] == checkpoints.payload_digest({k: v for k, v in raw.items() if k != checkpoints.CHECKSUM_KEY})
+    assert checkpoints.CHECKSUM_KEY not in load_payload(path)  # handed back without it
+    weight = model.weight.detach().numpy().tobytes()
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(weight)
+    data[at + 5] ^= 0x01  # one mantissa bit of one weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the checksum") as error:
+        load_state_dict(path)
+    assert str(path) in str(error.value)
+    # Files without a checksum (a plain state_dict, an older kdframe file) still load.
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    assert set(load_state_dict(tmp_path / "plain.pt")) == {"weight", "bias"}

@@ -115,3 +115,51 @@ def test_examples_validate(capsys) -> None:
         if data["data"]["dataset"] == "fashion_mnist" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
             continue
         assert main(["validate", str(example)]) == 0, example
+
+
+# --- bad input found by trying to break it (issue 11) ------------------------------------------
+
+
+def test_names_with_terminal_escapes_are_printed_escaped(tmp_path) -> None:
+    schedule = tiny_schedule()
+    schedule["models"]["student"]["arch"] = "evil\x1b[2J\u202ename"
+    path = write_schedule(tmp_path, schedule)
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2
+    assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
+    assert "evil\\x1b[2J\\u202ename" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--set", "seed=" + "[" * 20_000 + "]" * 20_000], "nested far too deeply"),
+        (["--set", "data.params=" + "[" * 80 + "]" * 80], "nested more than"),
+        (["--set", "seed=" + "7" * 5000], "holds a number Python cannot read"),
+        (["--set", "logging.loggers.\u00b2.name=x"], "use an index from 0"),
+        (["--set", "logging.loggers." + "9" * 5000 + ".name=x"], "use an index from 0"),
+    ],
+    ids=["deep", "deep-after-parse", "huge-int", "superscript-index", "huge-index"],
+)
+def test_hostile_set_values_exit_2_with_one_paragraph(tmp_path, args, expected) -> None:
+    path = write_schedule(tmp_path, tiny_schedule())
+    result = run_cli("validate", str(path), *args)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr and "unexpectedly" not in result.stderr
+    assert len(result.stderr) < 2000
+
+
+@pytest.mark.parametrize("seeds", ["7" * 5000, "\u00b2", "0,\u0661", "99999999999"])
+def test_hostile_sweep_seeds_exit_2(tmp_path, seeds) -> None:
+    result = run_cli("sweep", str(ROOT / "examples" / "takd_fashion_mnist.json"), "--seeds", seeds, "--out", str(tmp_path / "s"))
+    assert result.returncode == 2, result.stderr
+    assert "--seeds" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_schema_output_to_a_folder_or_a_missing_folder_is_a_clear_error(tmp_path) -> None:
+    result = run_cli("schema", "-o", str(tmp_path))
+    assert result.returncode == 2 and "is a folder" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("schema", "-o", str(tmp_path / "missing" / "s.json"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert not (tmp_path / "missing").exists()

@@ -230,3 +230,32 @@ def test_describe_os_error_and_format_bytes() -> None:
     assert describe_os_error(OSError(errno.EIO, "Input/output error")) == ("input/output error", "Check the disk and the path.")
     assert describe_os_error(OSError("odd"))[0] == "odd"
     assert [format_bytes(n) for n in (512, 1536, 3 * 2**30, 2**50)] == ["512 B", "1.5 KiB", "3.0 GiB", "1024.0 TiB"]
+
+
+def test_kdframe_leftovers_do_not_make_a_folder_used(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in (".kdframe-write-test-0a1b2c3d", ".schedule.json.12345678.tmp", folders.LOCK_FILE):
+        (folder / name).write_bytes(b"")
+    assert folders.claim(folder, "run") == folder
+    assert sorted(path.name for path in folder.iterdir()) == [folders.LOCK_FILE]
+    (folder / "notes.txt").write_text("a user's file")
+    with pytest.raises(RunFolderError, match="not empty"):
+        folders.claim(folder, "run")
+
+
+def test_an_exclusive_lock_refuses_a_second_holder(tmp_path: Path) -> None:
+    with folders.exclusive_lock(tmp_path):
+        with pytest.raises(RunFolderError, match="in use by another kdframe process"):
+            with folders.exclusive_lock(tmp_path):
+                pass
+    with folders.exclusive_lock(tmp_path):  # free again
+        pass
+
+
+def test_links_inside_a_folder_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "run" / "stages").mkdir(parents=True)
+    folders.refuse_links(tmp_path / "run")
+    (tmp_path / "run" / "stages" / "student.pt").symlink_to(tmp_path / "elsewhere.pt")
+    with pytest.raises(RunFolderError, match="symbolic link"):
+        folders.refuse_links(tmp_path / "run")

@@ -262,3 +262,126 @@ def test_deterministic_schedules_repeat_bit_for_bit(tmp_path) -> None:
     assert probe.seen == [True, True, True]
     assert not torch.are_deterministic_algorithms_enabled()  # switched back after the run
     assert_same_weights(weights(first), weights(second))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Damaged and hostile run folders (issue 11)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _killed_after_one_epoch(tmp_path: Path, reference) -> Path:
+    schedule, _ = reference
+    assert interrupt(tmp_path, schedule, (0, 1, 1)).returncode == -signal.SIGKILL
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(("byte", "bit"), [(0, 0), (3, 6)], ids=["mantissa", "exponent"])
+def test_a_flipped_bit_in_a_weight_of_state_pt_is_refused(tmp_path, reference, byte: int, bit: int, capsys) -> None:
+    run = _killed_after_one_epoch(tmp_path, reference)
+    state_path = run / "stages" / "00-teacher" / STATE_FILE
+    state = torch.load(state_path, weights_only=True)
+    weight = next(value for value in state["trainer"]["student"].values() if value.numel() >= 16)
+    raw = state_path.read_bytes()
+    start = raw.find(weight.numpy().tobytes())
+    assert start > 0 and raw.count(weight.numpy().tobytes()) == 1
+    damaged = bytearray(raw)
+    damaged[start + byte] ^= 1 << bit
+    state_path.write_bytes(bytes(damaged))
+    assert main(["resume", str(run), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert str(state_path) in error and "does not match the checksum" in error and "Delete it" in error
+
+
+def test_resume_removes_kdframe_temporary_files(tmp_path, reference) -> None:
+    run = _killed_after_one_epoch(tmp_path, reference)
+    stage = run / "stages" / "00-teacher"
+    leftovers = [stage / ".state.pt.0a1b2c3d.tmp", stage / ".student.pt.deadbeef.tmp", run / ".results.json.01234567.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    mine = stage / "notes.tmp"  # not kdframe's: left alone
+    mine.write_text("keep me")
+    assert main(["resume", str(run), "--quiet"]) == 0
+    assert not any(path.exists() for path in leftovers) and mine.read_text() == "keep me"
+    assert not list(run.rglob(".*.tmp"))
+
+
+def test_resume_refuses_a_stage_folder_that_is_a_link_outside_the_run(tmp_path, reference, capsys) -> None:
+    run = _killed_after_one_epoch(tmp_path, reference)
+    foreign = tmp_path / "elsewhere"
+    foreign.mkdir()
+    (foreign / "student.pt").write_bytes(b"someone else's model")
+    assert not (run / "stages" / "02-student").exists()  # the student's stage has not started
+    (run / "stages" / "02-student").symlink_to(foreign, target_is_directory=True)
+    assert main(["resume", str(run), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "symbolic link" in error and "02-student" in error
+    assert (foreign / "student.pt").read_bytes() == b"someone else's model"
+
+
+def test_two_processes_never_write_one_run_folder(tmp_path, reference, capsys) -> None:
+    from kdframe import folders
+
+    run = _killed_after_one_epoch(tmp_path, reference)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; h = os.open(sys.argv[1], os.O_RDWR); "
+         "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(run / folders.LOCK_FILE)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+        assert main(["resume", str(run), "--quiet"]) == 2
+        assert "in use by another kdframe process" in capsys.readouterr().err
+        assert {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["resume", str(run), "--quiet"]) == 0  # the lock ends with its process
+
+
+def test_resume_with_results_rows_that_lack_fields_is_a_clear_error(tmp_path, reference, capsys) -> None:
+    schedule, _ = reference
+    assert interrupt(tmp_path, schedule, (1, 0, 1)).returncode == -signal.SIGKILL
+    results_path = tmp_path / "run" / "results.json"
+    results = json.loads(results_path.read_text())
+    del results["stages"][0]["params"]
+    results["stages"][0]["epochs_run"] = "two"
+    results_path.write_text(json.dumps(results))
+    assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "damaged row for stage 'teacher'" in error and "params: Field required" in error and "epochs_run" in error
+
+
+#: ``kdframe run`` killed by SIGKILL right after its write probe exists in the new run folder.
+EARLY_KILL = textwrap.dedent(
+    """
+    import os, signal, sys
+    from kdframe import folders
+    from kdframe.cli import main
+
+    real_fsync = os.fsync
+
+    def fsync_then_die(handle):
+        real_fsync(handle)
+        if any(name.startswith(".kdframe-write-test-") for name in os.listdir(sys.argv[1])):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.fsync = fsync_then_die
+    sys.exit(main(["run", sys.argv[2], "--out", sys.argv[1], "--quiet"]))
+    """
+)
+
+
+def test_a_run_killed_in_its_first_milliseconds_leaves_a_reusable_folder(tmp_path) -> None:
+    schedule = write_schedule(tmp_path, tiny_schedule(**{"training.epochs": 1, "logging.loggers": []}))
+    driver = tmp_path / "early_kill.py"
+    driver.write_text(EARLY_KILL)
+    out = tmp_path / "run"
+    killed = subprocess.run(
+        [sys.executable, str(driver), str(out), str(schedule)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [path.name for path in out.iterdir()] and all(p.name.startswith(".kdframe-write-test-") for p in out.iterdir())
+    assert main(["run", str(schedule), "--out", str(out), "--quiet"]) == 0
+    assert (out / "results.json").is_file()
+    assert not list(out.glob(".kdframe-write-test-*"))

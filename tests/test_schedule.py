@@ -135,3 +135,52 @@ def test_resolved_fills_component_defaults() -> None:
     assert data["distill"]["losses"][1]["params"]["temperature"] == 4.0
     assert "width_multiplier" in data["models"]["student"]["params"]
     json.dumps(data)  # serialisable
+
+
+# --- validation that was too lax (issue 11) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("seed", True, "seed: must be a number, not true or false"),
+        ("training.epochs", False, "training.epochs: must be a number"),
+        ("data.batch_size", True, "data.batch_size: must be a number"),
+        ("training.optimizer", {"name": "adam", "betas": [True, 0.9]}, "training.optimizer.betas: must be a number"),
+        ("training.lr_schedule.milestones", [True], "training.lr_schedule.milestones: must be a number"),
+        ("training.optimizer", {"name": "adam", "betas": [1.5, 0.9]}, "training.optimizer.betas[0]: Input should be less than 1"),
+        ("training.lr_schedule.warmup_epochs", 1e308, "warmup_epochs: Input should be less than or equal to 100000"),
+    ],
+)
+def test_values_that_validated_but_were_not_meant(key: str, value: object, expected: str) -> None:
+    with pytest.raises(ScheduleError) as error:
+        parse_schedule(tiny_schedule(**{key: value}))
+    assert expected in str(error.value)
+
+
+def test_a_bool_where_a_component_param_takes_a_number_is_refused() -> None:
+    schedule = parse_schedule(tiny_schedule(**{"data.params.train_size": True}))
+    with pytest.raises(ScheduleError, match=r"data.params.train_size: must be a number, not true or false"):
+        validate_components(schedule, create_plugins().registry)
+    # A bool stays a bool where the field takes one.
+    validate_components(parse_schedule(tiny_schedule(**{"training.channels_last": False})), create_plugins().registry)
+
+
+@pytest.mark.parametrize(
+    ("weight", "expected"),
+    [
+        ({"schedule": "step", "start": 1.0, "milestones": [2], "gamma": -1}, r"must not be negative \(this one reaches -1\)"),
+        ({"schedule": "step", "start": 1.0, "milestones": [1, 2], "gamma": 1e300}, "overflow"),
+        ({"schedule": "linear", "start": 1.0, "end": -0.5}, "must not be negative"),
+        (True, "must be a number"),
+    ],
+)
+def test_a_loss_weight_is_checked_over_every_value_its_schedule_takes(weight: object, expected: str) -> None:
+    with pytest.raises(ScheduleError, match=expected):
+        parse_schedule(tiny_schedule(**{"distill.losses": [{"name": "cross_entropy", "weight": weight}]}))
+    parse_schedule(tiny_schedule(**{"distill.losses": [{"name": "cross_entropy", "weight": {"schedule": "step", "start": 1.0, "milestones": [2], "gamma": 0.5}}]}))
+
+
+def test_an_optimizer_without_a_name_is_the_default_sgd() -> None:
+    schedule = parse_schedule(apply_overrides(tiny_schedule(), ["training.optimizer.lr=0.2"]))
+    assert schedule.training.optimizer.name == "sgd" and schedule.training.optimizer.lr == 0.2

@@ -125,6 +125,31 @@ def test_later_runs_reuse_the_cache_in_memory_and_on_disk(tmp_path: Path, traine
     assert default_store().computed == 0
 
 
+@pytest.mark.parametrize("damage", ["object_dtype", "truncated", "wrong_rows", "meta"])
+def test_a_damaged_disk_entry_is_recomputed_with_a_warning(tmp_path: Path, trained, damage: str) -> None:
+    import numpy as np
+
+    checkpoint = trained[0]
+    schedule = kd_schedule("disk", checkpoint, **{"training.epochs": 1})
+    _, first = run(tmp_path, "first", schedule)
+    (entry,) = list((tmp_path / "cache" / "teacher-outputs").iterdir())
+    logits = entry / "logits.npy"
+    if damage == "object_dtype":  # "Array can't be memory-mapped"; never unpickled
+        np.save(logits, np.array([object()] * 3, dtype=object), allow_pickle=True)
+    elif damage == "truncated":
+        logits.write_bytes(logits.read_bytes()[:100])
+    elif damage == "wrong_rows":
+        np.save(logits, np.zeros((3, 10), np.float32))
+    else:
+        (entry / "meta.json").write_text("{not json")
+    clear_default_store()
+    with pytest.warns(RuntimeWarning, match=r"damaged .* computed again"):
+        _, second = run(tmp_path, "second", schedule)
+    assert default_store().computed == 1
+    assert [r.final_test_acc for r in second] == [r.final_test_acc for r in first]
+    assert np.load(logits, mmap_mode="r").dtype == np.float32  # the entry was written anew
+
+
 class AugmentedSynthetic:
     """A test plugin: the synthetic dataset with random crop/flip augmentation."""
 

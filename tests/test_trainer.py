@@ -149,6 +149,84 @@ def test_too_many_skipped_batches_stop_the_stage_and_keep_the_last_checkpoint(tm
     assert state["trainer"]["epochs_done"] == 1
 
 
+def test_weights_that_become_non_finite_are_never_saved_as_a_result(tmp_path) -> None:
+    # lr 100 with momentum 0.9: the loss stays finite for a while, the weights do not.
+    schedule = tiny_schedule(**{"training.optimizer": {"name": "sgd", "lr": 100.0, "momentum": 0.9}, "training.epochs": 4})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    for policy in ("stop", "skip"):
+        folder = tmp_path / policy
+        folder.mkdir()
+        with pytest.raises(TrainingError) as error:
+            _run(folder, {**schedule, "training": {**schedule["training"], "on_nonfinite": policy}})
+        message = str(error.value)
+        assert "Stage 'student'" in message and "weights became non-finite" in message and "in epoch" in message
+        stage = folder / "run" / "stages" / "00-student"
+        assert not (stage / "student.pt").exists()
+        assert not (folder / "run" / "results.json").exists()
+        if (stage / "state.pt").exists():  # the last good epoch's state, finite throughout
+            state = torch.load(stage / "state.pt", weights_only=True)["trainer"]["student"]
+            assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point())
+
+
+def test_a_skipped_batch_leaves_the_model_exactly_as_before_it(tmp_path) -> None:
+    schedule = tiny_schedule(**{"training.on_nonfinite": "skip", "training.epochs": 1, "logging.loggers": []})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    schedule["distill"] = {"scratch_losses": [{"name": "cross_entropy"}, {"name": "nan_after", "params": {"only": [2]}}]}
+    path = write_schedule(tmp_path, schedule)
+    loaded, plugins, resolved_schedule = load_schedule(path, plugins=create_plugins(plugins=[("nan", NaNPlugin())]))
+    experiment = prepare(loaded, plugins, resolved_schedule)
+    student = experiment.models["student"]
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def record(module, args) -> None:
+        if module.training:  # the state each training batch starts from
+            seen.append({name: buffer.clone() for name, buffer in module.named_buffers()})
+
+    student.register_forward_pre_hook(record)
+    out = tmp_path / "run"
+    out.mkdir()
+    (result,) = execute(experiment, out)
+    assert result.skipped_batches == 1 and len(seen) == 4
+    # Batch 2 was skipped: batch 3 starts from exactly the state batch 2 started from.
+    for name, value in seen[1].items():
+        assert torch.equal(seen[2][name], value), name
+    assert not torch.equal(seen[1]["features.0.1.running_mean"], seen[0]["features.0.1.running_mean"])
+
+
+class InfinitePixel:
+    """A test plugin: synthetic data with one infinite pixel (1e200 in float64, inf in float32)."""
+
+    @hookimpl
+    def kdframe_register_datasets(self):
+        from kdframe import DatasetSpec
+        from kdframe_data.synthetic import SyntheticParams, make_synthetic
+
+        def factory(params: SyntheticParams):
+            data = make_synthetic(params)
+            images = data.train_images.double()
+            images[5, 0, 3, 3] = 1e200
+            data.train_images = images.float()
+            return data
+
+        return [DatasetSpec(name="inf_pixel", summary="One infinite pixel.", factory=factory, params=SyntheticParams)]
+
+
+def test_an_infinite_pixel_is_skipped_without_poisoning_batchnorm(tmp_path) -> None:
+    schedule = tiny_schedule(**{"training.on_nonfinite": "skip", "data.dataset": "inf_pixel", "logging.loggers": []})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    _, (result,) = _run(tmp_path, schedule, ("inf", InfinitePixel()))
+    assert result.skipped_batches == 2  # the batch holding it, once an epoch
+    state = torch.load(tmp_path / "run" / "stages" / "00-student" / "student.pt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point())
+
+
+def test_an_infinite_pixel_under_stop_is_the_non_finite_error(tmp_path) -> None:
+    schedule = tiny_schedule(**{"data.dataset": "inf_pixel", "logging.loggers": []})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    with pytest.raises(TrainingError, match=r"became non-finite at epoch 1"):
+        _run(tmp_path, schedule, ("inf", InfinitePixel()))
+
+
 class StopAfterFirstBatch:
     @hookimpl
     def kdframe_on_batch_end(self, state, control):

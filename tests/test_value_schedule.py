@@ -37,3 +37,19 @@ def test_validation_and_description() -> None:
         ValueSchedule(schedule="linear", start=0.0, end=1.0, extra=1)
     assert describe_value(0.5) == "0.5"
     assert describe_value(ValueSchedule(schedule="linear", start=0, end=1, epochs=20)) == "linear(0->1 over 20 epochs)"
+
+
+def test_values_list_every_value_and_range_bounds_them() -> None:
+    from kdframe.value_schedule import value_range
+
+    step = ValueSchedule(schedule="step", start=2.0, milestones=[1, 3], gamma=-0.5)
+    assert step.values() == [2.0, -1.0, 0.5] and value_range(step) == (-1.0, 2.0)
+    assert value_range(ValueSchedule(schedule="cosine", start=8.0, end=2.0)) == (2.0, 8.0)
+    assert value_range(0.3) == (0.3, 0.3)
+
+
+def test_a_step_schedule_that_overflows_is_refused_not_a_crash() -> None:
+    with pytest.raises(ValidationError, match="overflow"):
+        ValueSchedule(schedule="step", start=1.0, milestones=[1, 2], gamma=1e300)
+    with pytest.raises(ValidationError, match="must be a number"):
+        ValueSchedule(schedule="constant", start=True)

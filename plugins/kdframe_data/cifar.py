@@ -164,20 +164,56 @@ def _not_found(layout: CifarLayout, root: str | None, notes: list[str]) -> DataE
     )
 
 
+#: The only globals CIFAR's pickles refer to: NumPy's array reconstruction (NumPy 1 and 2 module
+#: names, pickle protocols 2 to 5) and ``_codecs.encode``, which protocol 2 uses for bytes.
+SAFE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's pickles without running code: any global other than :data:`SAFE_GLOBALS`
+    (e.g. ``os.system`` in a ``__reduce__``) is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[Any, Any]:
-    # The official CIFAR "python version" is a pickle, read here as the dataset's authors intend.
-    # Unpickling can run code, so only files under the user's own data root (params.root,
-    # $KDFRAME_DATA or ~/.cache/kdframe) are ever opened.
+    # The official CIFAR "python version" is a pickle. It is read with CifarUnpickler, which admits
+    # only the NumPy and builtin types the format holds, so a hostile file cannot run code.
     try:
         with open(path, "rb") as handle:
-            content = pickle.load(handle, encoding="bytes")
+            content = CifarUnpickler(handle, encoding="bytes").load()
     except OSError as error:
         raise DataError(f"Cannot read {path}: {error.strerror or error}.") from error
+    except pickle.UnpicklingError as error:
+        if str(error).startswith("refused global"):
+            raise DataError(
+                f"{path} is not a CIFAR file kdframe will read: it asks to load "
+                f"{str(error)[len('refused global '):][:200]}, which CIFAR's files never hold, so it was refused "
+                "without running anything. The file may be malicious; delete the folder and get the data "
+                "from its official source again."
+            ) from None
+        raise DataError(
+            f"{path} is not a readable CIFAR file ({error}); it may be truncated or corrupt. Delete the "
+            "folder and get the data again."
+        ) from None
     except Exception as error:  # truncated or not a pickle at all
         raise DataError(
             f"{path} is not a readable CIFAR file ({type(error).__name__}: {error}); it may be "
             "truncated or corrupt. Delete the folder and get the data again."
-        ) from error
+        ) from None
     if not isinstance(content, dict):
         raise DataError(f"{path} holds a {type(content).__name__}, not a CIFAR dict; the file is corrupt.")
     return content
@@ -204,7 +240,13 @@ def _read_batch(layout: CifarLayout, path: Path, num_classes: int) -> tuple[np.n
             f"{path}: b'data' must be a uint8 array of shape (N, 3072), got "
             f"{type(data).__name__} {getattr(data, 'dtype', '')} {shape}."
         )
-    labels = np.asarray(batch[layout.label_key], dtype=np.int64)
+    raw_labels = batch[layout.label_key]
+    try:
+        if not isinstance(raw_labels, (list, np.ndarray)):
+            raise TypeError(type(raw_labels).__name__)
+        labels = np.asarray(raw_labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise DataError(f"{path}: {layout.label_key!r} must be a list of class indices ({error}); the file is corrupt.") from None
     if labels.shape != (data.shape[0],):
         raise DataError(f"{path} holds {data.shape[0]} images but {labels.size} labels.")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):

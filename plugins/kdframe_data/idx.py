@@ -17,6 +17,7 @@ names the file.
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def parse_idx(data: bytes, source: str = "<bytes>", *, ndim: int | None = None) 
         raise DataError(f"IDX file {source} is truncated inside its header ({len(data)} bytes).")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=dims_count, offset=4))
     dtype = IDX_TYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a header's dimensions may multiply past 2**63, where numpy's product wraps.
+    expected = math.prod(dims) * dtype.itemsize
     actual = len(data) - header
     if actual < expected:
         raise DataError(

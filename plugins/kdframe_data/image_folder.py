@@ -144,11 +144,23 @@ def _split_samples(root: Path, split: str, class_to_idx: dict[str, int] | None) 
             f"and {root}/test/<class>/<image>."
         )
     try:
-        return make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=split == "test")
+        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=split == "test")
     except FileNotFoundError as error:
         raise DataError(
             f"image_folder: {error} (in '{folder}'; image files end in {', '.join(IMG_EXTENSIONS)})."
         ) from None
+    # An entry named like an image may be a broken link, a pipe or a device: refuse it now, not at
+    # the batch that reads it (a stat per file; the images themselves are read when needed).
+    not_files = [path for path, _ in samples if not Path(path).is_file()]
+    if not_files:
+        shown = ", ".join(f"'{path}'" for path in not_files[:3])
+        more = f" and {len(not_files) - 3} more" if len(not_files) > 3 else ""
+        raise DataError(
+            f"image_folder: {shown}{more} in '{folder}' {'is' if len(not_files) == 1 else 'are'} named like "
+            "an image but not a regular file (a folder, a broken link, a pipe or a device). Remove or "
+            "rename such entries, or replace them with the image files."
+        )
+    return samples
 
 
 def _statistics(files: ImageFiles, channels: int) -> tuple[Tensor, Tensor]:

@@ -41,6 +41,7 @@ class SyntheticParams(Params):
     noise: float = Field(
         default=1.0,
         ge=0.0,
+        le=1e6,
         description="Standard deviation of the pixel noise, relative to the class pattern (higher is harder).",
     )
     seed: int = Field(

@@ -18,8 +18,11 @@ and BatchNorm's weight 1, bias 0. With ``s = connector(student map)`` and ``t`` 
     ab_pair = (1 / (1000 * N)) * sum_{n,c,h,w} [ (s + m)^2 * 1[(s > -m) and (t <= 0)]
                                                + (s - m)^2 * 1[(s <= m) and (t > 0)] ]
 
-i.e. summed over all values, divided by the batch size and by 1000, exactly the authors'
-normalisation for one layer (RepDistiller additionally multiplies by 3). ``m`` is ``margin``
+i.e. summed over all values, divided by the batch size and by 1000, the normalisation of the
+authors' ``distillation_module.py`` for one layer. The authors' own CIFAR training script and
+RepDistiller both additionally multiply the loss by 3. The pre-training phase optimises this loss
+alone with weight 1, so that factor only scales its gradients: with SGD, a 3x learning rate in the
+phase (``training.stages.<stage>-pretrain.optimizer.lr``) matches it apart from weight decay. ``m`` is ``margin``
 (default 1.0). Pairs are combined by ``pair_weighting``: ``"mean"`` (default) averages them;
 ``"authors"`` sums ``2^(i - L + 1) * ab_pair_i`` for pairs ``i = 0..L-1`` listed from shallow to deep
 (the deepest weighs 1, the one before 1/2, ...), as the authors' and RepDistiller's code weight
@@ -231,5 +234,10 @@ AB = LossSpec(
     layers="pre-ReLU feature maps (N, C, H, W) or vectors (N, D), e.g. a conv block's BatchNorm output",
     weight=0.0,
     label_weight=1.0,
+    weight_source=(
+        "The paper: AB only initialises the student (a pre-training phase with the AB loss alone, "
+        "normalised as the authors' distillation_module.py), then trains from labels, so its main-stage "
+        "weight is 0. The authors' CIFAR script and RepDistiller scale the phase's loss by 3."
+    ),
 )
 SPECS = [AB]

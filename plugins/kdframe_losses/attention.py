@@ -22,11 +22,12 @@ and the term is the **mean** over the ``layers`` pairs::
 Choice and deviations, stated plainly:
 
 * The paper sums over the pairs (``beta/2 * sum_j ||a_s - a_t||_2``) and writes the (unsquared) L2
-  norm of the difference; the authors' code instead uses the squared difference averaged over
-  batch and positions, summed over the pairs with ``beta / 2 = 500``. This term keeps the code's
-  per-pair value but takes the mean over the pairs, like every other feature term of kdframe, so
-  that a weight keeps its meaning when pairs are added. To reproduce the authors' setting with
-  ``P`` pairs use weight ``500 * P`` (RepDistiller's ``beta = 1000`` summed: weight ``1000 * P``).
+  norm of the difference; the authors' code (``cifar.py``) instead uses the squared difference
+  averaged over batch and positions, and adds ``beta * sum(loss_groups)`` with ``beta = 1000`` (the
+  paper's ``beta / 2`` does not appear in the code). This term keeps the code's per-pair value but
+  takes the mean over the pairs, like every other feature term of kdframe, so that a weight keeps
+  its meaning when pairs are added. To reproduce the authors' setting (and RepDistiller's, also
+  ``beta = 1000`` over the summed pairs) with ``P`` pairs use weight ``1000 * P``.
 * ``|f|^p`` uses the absolute value as the paper defines; the code's ``f.pow(2)`` is the same for
   the default ``p = 2`` (the paper's choice).
 
@@ -136,6 +137,10 @@ AT = LossSpec(
     example={"layers": EXAMPLE_LAYERS, "p": 2.0},
     layers="feature maps (N, C, H, W); channels and spatial sizes may differ",
     weight=1000.0,
+    weight_source=(
+        "The authors' cifar.py and RepDistiller: beta 1000 times the sum over pairs; this term averages "
+        "the pairs, so 1000 is their setting for one pair and 1000 * P reproduces it for P pairs."
+    ),
     label_weight=1.0,
 )
 SPECS = [AT]

@@ -26,9 +26,11 @@ positions ``i = outputs.indices`` (only in training mode)::
 with replacement, from the *other* training samples (every index but the sample's own), from a
 ``torch.Generator`` seeded with ``seed`` (never the global RNG). ``nce_k`` (default 16384, the paper's)
 is capped at ``num_train_samples - 1`` with a warning at build time. The authors' CIFAR loader draws
-negatives from samples of *other classes* only ("exact" mode); kdframe's terms do not see the labels
-of the whole training split, so negatives here may share the anchor's class (as in the paper's
-description and the authors' "relax" mode).
+negatives from samples of *other classes* only, in both of its modes ("exact" and "relax" differ
+only in the positive: the sample itself, or a random sample of its class). kdframe's terms do not
+see the labels of the whole training split, so negatives here are drawn from every other sample and
+may share the anchor's class: a deviation from the authors' code (the paper's description does not
+restrict them).
 
 **Scores and loss.** With ``j_0 = i`` (the positive) and ``j_1..j_K`` the negatives, and
 ``T = nce_t`` (0.07)::
@@ -285,5 +287,6 @@ CRD = LossSpec(
     layers="one embedding pair (N, ...) flattened per sample, e.g. the penultimate layer; needs sample indices",
     weight=0.8,
     label_weight=1.0,
+    weight_source="RepDistiller's CRD runs (-b 0.8 with cross-entropy 1; nce_t 0.07, nce_m 0.5, feat_dim 128).",
 )
 SPECS = [CRD]

@@ -41,9 +41,12 @@ gradients) and ``F_s = T(x_s)``, both of shape (N, C_f, H, W)::
                            or   (1/N) sum_{n,d} | f(F_s)[n,d] - f(F_t)[n,d] | (reduction "batchmean")
 
 "batchmean" is the paper's ``|| F_T/||F_T||_2 - F_S/||F_S||_2 ||_1`` (p = 1) per sample, averaged
-over the batch; "mean" (default) additionally divides by ``D = C_f*H*W``, as the authors' code and
-RepDistiller do (``nn.L1Loss`` on the normalised factors), so their weights (RepDistiller's
-beta = 200) carry over with it.
+over the batch; "mean" (default) additionally divides by ``D = C_f*H*W``, exactly as the FT
+authors' code does (``nn.L1Loss`` on ``F.normalize(factor.view(N, -1))``), so the authors' weight
+(their ``--beta 500``) carries over with it; it is the suggested weight. RepDistiller normalises
+differently: its factor is ``F.normalize(factor.pow(2).mean(1).view(N, -1))``, the channel mean of
+the squared factor per spatial position (an attention-map-like vector), so its ``beta = 200`` belongs
+to another formula and does not carry over (its value on the same factors is not kdframe's).
 
 Spatial sizes: when the factors' heights or widths differ, both are brought to
 ``(min(H_s, H_t), min(W_s, W_t))`` by adaptive average pooling (the larger is pooled to the smaller),
@@ -323,7 +326,12 @@ FT = LossSpec(
     ),
     example={"layers": [{"student": "features.2", "teacher": "features.4"}], "pretrain_epochs": 1},
     layers="feature maps (N, C, H, W); a pre-training phase first trains a paraphraser on the teacher's",
-    weight=200.0,
+    weight=500.0,
+    weight_source=(
+        "The FT authors' code: --beta 500 with nn.L1Loss on F.normalize(factor.view(N, -1)), which "
+        "reduction 'mean' reproduces. RepDistiller's beta 200 goes with its own per-position "
+        "normalisation of factor.pow(2).mean(1) and does not carry over."
+    ),
     label_weight=1.0,
 )
 SPECS = [FT]

@@ -24,7 +24,11 @@ from the shapes of the dry run and trained with the student:
 * ``none``: no regressor; the student's channels must equal the teacher's.
 
 For vectors (N, D) every regressor other than ``none`` is ``Linear(D_s, D_t)``. The regressors are
-plain (with bias, PyTorch's default initialisation, no BatchNorm or ReLU after them).
+plain (with bias, PyTorch's default initialisation, no BatchNorm or ReLU after them). This differs
+from both reference codes: RepDistiller's and mdistiller's ``ConvReg`` is a conv followed by
+BatchNorm and ReLU (a strided conv when the student's map is twice the teacher's size, a transposed
+one for the reverse). A plain conv is a legitimate hint regressor (the FitNets paper uses a conv
+layer), but results with the same weight can differ from those codes'.
 
 Spatial sizes: when the student's and teacher's maps differ in height or width, both are brought to
 ``(min(H_s, H_t), min(W_s, W_t))`` by adaptive average pooling, so the larger map is pooled down to
@@ -228,5 +232,10 @@ FITNET = LossSpec(
     ),
     weight=100.0,
     label_weight=1.0,
+    weight_source=(
+        "RepDistiller's FitNets runs (-b 100, hint on one layer pair, MSE mean). RepDistiller and "
+        "mdistiller regress with a ConvReg (conv + BatchNorm + ReLU, strided for a 2x size); kdframe's "
+        "conv1x1 regressor is a plain conv, so the same weight is a close, not an exact, match."
+    ),
 )
 SPECS = [FITNET]

@@ -66,5 +66,9 @@ CROSS_ENTROPY = LossSpec(
     reference="The supervised baseline; label smoothing: Szegedy et al. 2016, arXiv:1512.00567.",
     example={"label_smoothing": 0.0},
     layers="logits (student only)",
+    weight_source=(
+        "1 beside most terms; 1 - alpha (0.1) beside hinton_kd and logit_standard_kd, as each method's "
+        "label_weight says."
+    ),
 )
 SPECS = [CROSS_ENTROPY]

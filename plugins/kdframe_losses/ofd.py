@@ -242,5 +242,9 @@ OFD = LossSpec(
     ),
     weight=0.001,
     label_weight=1.0,
+    weight_source=(
+        "The OFD authors' CIFAR code: the distillation loss summed over the pairs and divided by the "
+        "batch size and by 1000 (this term is that sum per sample, so the 1/1000 is the weight)."
+    ),
 )
 SPECS = [OFD]

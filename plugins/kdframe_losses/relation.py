@@ -62,6 +62,10 @@ approximated by its Taylor series of order ``P``::
     C(i, j) = sum_{p=0}^{P} exp(-2 gamma) (2 gamma)^p / p! * (f_i . f_j)^p
     cc = (1 / N^2) * sum_{i,j} (C_s(i, j) - C_t(i, j))^2          (mean squared difference)
 
+Its suggested weight is Knowledge-Distillation-Zoo's 100 for this formula. RepDistiller's CC (weight
+0.02 in CRD's benchmark) is a different correlation (of embeddings through a linear embed layer), so
+its weight does not carry over: with 0.02 this term is negligible beside cross-entropy.
+
 ``pkt`` — Passalis & Tefas (2018), "Learning Deep Representations with Probabilistic Knowledge
 Transfer", ECCV 2018, arXiv:1803.10837, as in the authors' code (eps = 1e-7)::
 
@@ -381,6 +385,7 @@ RKD_DISTANCE = LossSpec(
     layers=_LAYERS_LINE,
     weight=25.0,
     label_weight=1.0,
+    weight_source="The paper's lambda_D = 25 (also RepDistiller's RKDLoss w_d = 25).",
 )
 RKD_ANGLE = LossSpec(
     name="rkd_angle",
@@ -393,6 +398,7 @@ RKD_ANGLE = LossSpec(
     layers=_LAYERS_LINE,
     weight=50.0,
     label_weight=1.0,
+    weight_source="The paper's lambda_A = 50 (also RepDistiller's RKDLoss w_a = 50).",
 )
 SP = LossSpec(
     name="sp",
@@ -410,6 +416,7 @@ SP = LossSpec(
     layers=_LAYERS_LINE,
     weight=3000.0,
     label_weight=1.0,
+    weight_source="RepDistiller's SP runs (-b 3000 with cross-entropy 1), the paper's gamma = 3000.",
 )
 CC = LossSpec(
     name="cc",
@@ -423,8 +430,13 @@ CC = LossSpec(
     ),
     example={"layers": _EXAMPLE_LAYERS, "gamma": 0.4, "p_order": 2},
     layers=_LAYERS_LINE,
-    weight=0.02,
+    weight=100.0,
     label_weight=1.0,
+    weight_source=(
+        "Knowledge-Distillation-Zoo's CC (the formula implemented here: Gaussian RBF kernel by its "
+        "Taylor expansion, gamma 0.4, P 2), which its examples weight 100. RepDistiller's weight 0.02 "
+        "belongs to its different correlation formula and is far too small for this one."
+    ),
 )
 PKT = LossSpec(
     name="pkt",
@@ -440,5 +452,6 @@ PKT = LossSpec(
     layers=_LAYERS_LINE,
     weight=30000.0,
     label_weight=1.0,
+    weight_source="RepDistiller's PKT runs (-b 30000 with cross-entropy 1).",
 )
 SPECS = [RKD_DISTANCE, RKD_ANGLE, SP, CC, PKT]

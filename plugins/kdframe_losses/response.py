@@ -85,17 +85,15 @@ import torch.nn.functional as F
 from pydantic import AfterValidator, Field
 from torch import Tensor
 
-from kdframe import ComponentError, LossSpec, LossTerm, Params, StepOutputs
+from kdframe import ComponentError, LossSpec, LossTerm, Params, StepOutputs, value_range
 from kdframe.value_schedule import ValueSchedule, describe_value, value_at
 from kdframe_losses._common import compute_dtype, require_teacher, shape_text, soft_kl
 
 
 def _positive_schedule(value: float | ValueSchedule) -> float | ValueSchedule:
     """Reject schedules that can reach a value <= 0 (numbers are checked by ``gt=0``)."""
-    if isinstance(value, ValueSchedule):
-        numbers = [value.start] + ([value.end] if value.end is not None else [])
-        if any(number <= 0 for number in numbers) or (value.schedule == "step" and value.gamma <= 0):
-            raise ValueError("a temperature schedule must stay > 0 (start, end and gamma must be > 0)")
+    if isinstance(value, ValueSchedule) and value_range(value)[0] <= 0:
+        raise ValueError("a temperature schedule must stay > 0 (start, end and gamma must be > 0)")
     return value
 
 
@@ -383,6 +381,11 @@ HINTON_KD = LossSpec(
     layers="logits",
     weight=0.9,
     label_weight=0.1,
+    weight_source=(
+        "alpha = 0.9 with cross-entropy 0.1 and T = 4: RepDistiller's KD runs (-r 0.1 -a 0.9) and "
+        "mdistiller's KD config (CE_WEIGHT 0.1, KD_WEIGHT 0.9, T 4); the term already includes T^2 as "
+        "Hinton et al. do."
+    ),
 )
 DKD = LossSpec(
     name="dkd",
@@ -395,6 +398,10 @@ DKD = LossSpec(
     layers="logits (and the labels)",
     weight=ValueSchedule(schedule="linear", start=0.0, end=1.0, epochs=20),
     label_weight=1.0,
+    weight_source=(
+        "mdistiller's DKD (the authors' code): CE_WEIGHT 1.0 and the DKD loss warmed up by "
+        "min(epoch / 20, 1) (WARMUP 20); alpha 1, beta 8, T 4 are the term's own params."
+    ),
 )
 DIST = LossSpec(
     name="dist",
@@ -408,8 +415,12 @@ DIST = LossSpec(
     ),
     example={"beta": 1.0, "gamma": 1.0, "tau": 1.0},
     layers="logits",
-    weight=1.0,
+    weight=2.0,
     label_weight=1.0,
+    weight_source=(
+        "The DIST authors' configs (ImageNet and CIFAR): kd_loss_weight 2 with ori_loss_weight 1 "
+        "(cross-entropy), beta = gamma = 1, tau 1."
+    ),
 )
 LOGIT_STANDARD_KD = LossSpec(
     name="logit_standard_kd",
@@ -425,5 +436,9 @@ LOGIT_STANDARD_KD = LossSpec(
     layers="logits",
     weight=9.0,
     label_weight=0.1,
+    weight_source=(
+        "The logit-standardization authors' configs for KD + their z-score (CE_WEIGHT 0.1, KD_WEIGHT "
+        "9, T 2, on mdistiller)."
+    ),
 )
 SPECS = [HINTON_KD, DKD, DIST, LOGIT_STANDARD_KD]

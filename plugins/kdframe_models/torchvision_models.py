@@ -16,7 +16,8 @@ module paths are torchvision's own (``layer4``, ``avgpool``, ``fc`` for ResNets;
   the forward pass returns logits in training mode too.
 * **Pretrained weights** (``weights``) are loaded through torchvision, which downloads them into the
   torch hub cache (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch``) unless they are
-  there already. The classification head is then replaced by a new ``Linear`` when the dataset has a
+  there already. The file is always read with ``weights_only=True`` (see :func:`weights_only_loads`),
+  so a cache file holding anything but tensors is refused and no code in it runs. The classification head is then replaced by a new ``Linear`` when the dataset has a
   different number of classes.
 * **Image size.** Most models accept any reasonably large image through adaptive pooling; ViT and
   MaxViT need 224x224, Inception v3 at least 75x75 and AlexNet 63x63. Small images (28x28, 32x32) are downsampled 32x by
@@ -25,9 +26,11 @@ module paths are torchvision's own (``layer4``, ``avgpool``, ``fc`` for ResNets;
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -200,6 +203,26 @@ def _drop_aux_heads(model: nn.Module) -> None:
                 setattr(model, attribute, None)
 
 
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within the block every ``torch.load`` runs with ``weights_only=True``, even where a library
+    passes ``weights_only=False``: torchvision's builders load the hub cache through
+    ``torch.hub.load_state_dict_from_url``, whose default is the unsafe ``False``. This uses PyTorch's
+    own switch, the ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` environment variable."""
+    names = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    previous = {key: os.environ.get(key) for key in names}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # both set is an error in torch.load
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _pretrained(name: str, weights: str) -> tuple[nn.Module, int]:
     """The model with pretrained weights, and its number of classes."""
     import torchvision
@@ -207,8 +230,17 @@ def _pretrained(name: str, weights: str) -> tuple[nn.Module, int]:
     enum = _weights_enum(name)
     member = weights.rsplit(".", 1)[-1]
     chosen = enum.DEFAULT if member == "DEFAULT" else enum[member]
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
     try:
-        model = torchvision.models.get_model(name, weights=chosen, progress=False)
+        with weights_only_loads():
+            model = torchvision.models.get_model(name, weights=chosen, progress=False)
+    except pickle.UnpicklingError as error:  # weights_only refused something in the file
+        raise ComponentError(
+            f"The pretrained-weights file {cached} for torchvision model '{name}' holds Python objects "
+            "other than tensors, so kdframe refused to load it (weights files are always read with "
+            "weights_only=True, so no code in them runs). The file may be corrupt or malicious: delete "
+            f"it and download {chosen.url} again, or set weights to null."
+        ) from None
     except DOWNLOAD_ERRORS as error:  # no network, a partial download, a corrupt cache file
         raise ComponentError(
             f"Pretrained weights {chosen} for torchvision model '{name}' could not be downloaded or "

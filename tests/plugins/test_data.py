@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +159,13 @@ def test_idx_corrupt_or_truncated_names_the_file(tmp_path: Path, content: bytes,
     with pytest.raises(DataError, match=words) as info:
         read_idx(path)
     assert str(path) in str(info.value)
+
+
+def test_idx_dimensions_whose_product_overflows_int64(tmp_path: Path) -> None:
+    # 65536**4 is 2**64: numpy's int64 product wraps around to 0, which matched an empty payload.
+    header = b"\x00\x00\x08\x04" + struct.pack(">IIII", 65536, 65536, 65536, 65536)
+    with pytest.raises(DataError, match="truncated"):
+        parse_idx(header, "huge")
 
 
 def test_idx_truncated_gzip_and_wrong_dims_and_missing_file(tmp_path: Path) -> None:
@@ -382,6 +392,52 @@ def test_cifar_bad_labels(tmp_path: Path) -> None:
     with open(folder / "test", "wb") as handle:
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 100]}, handle)
     with pytest.raises(DataError, match="labels outside 0..99"):
+        load_cifar100(CifarParams(root=str(tmp_path)))
+
+
+class _WritesMarker:
+    """An object whose unpickling runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "pwned"))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("damaged", ["batches.meta", "data_batch_1", "test_batch"])
+def test_cifar_pickle_with_code_never_runs_even_in_validate(tmp_path: Path, damaged: str) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    marker = tmp_path / "marker"
+    with open(folder / damaged, "wb") as handle:
+        pickle.dump({b"label_names": [b"a"], b"data": _WritesMarker(marker), b"labels": [0]}, handle, protocol=2)
+    with pytest.raises(DataError, match=r"refused without running anything") as info:
+        load_cifar10(CifarParams(root=str(tmp_path)))
+    assert str(folder / damaged) in str(info.value) and "getattr, which CIFAR" in str(info.value)
+    assert not marker.exists()
+    if damaged != "batches.meta":
+        return
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps({
+        "name": "c", "data": {"dataset": "cifar10", "params": {"root": str(tmp_path)}},
+        "models": {"student": {"arch": "plain_cnn", "params": {"depth": 2}}},
+        "curriculum": {"name": "direct", "params": {"student": "student"}},
+    }))
+    completed = subprocess.run(
+        [sys.executable, "-m", "kdframe", "validate", str(schedule)], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert "refused without running anything" in completed.stderr and "Traceback" not in completed.stderr
+    assert not marker.exists()
+
+
+def test_cifar_labels_that_are_not_indices(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-100-python"
+    write_cifar100(folder)
+    with open(folder / "test", "wb") as handle:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": "ab"}, handle)
+    with pytest.raises(DataError, match="must be a list of class indices"):
         load_cifar100(CifarParams(root=str(tmp_path)))
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +114,25 @@ def test_missing_or_empty_folders_are_data_errors(tmp_path: Path) -> None:
         path.unlink()
     with pytest.raises(DataError, match="holds no image files"):
         load_image_folder(ImageFolderParams(root=str(no_test)))
+
+
+def test_entries_named_like_images_that_are_not_files_are_refused_before_training(folder: Path) -> None:
+    (folder / "train" / "cat" / "broken.png").symlink_to(folder / "nowhere.png")
+    os.mkfifo(folder / "train" / "dog" / "pipe.png")
+    with pytest.raises(DataError, match=r"broken.png.*pipe.png.* not a regular file"):
+        load_image_folder(ImageFolderParams(root=str(folder), mean=[0.5], std=[0.5]))
+
+
+def test_a_corrupt_image_read_by_a_worker_is_one_clear_error(folder: Path, tmp_path: Path) -> None:
+    (folder / "train" / "dog" / "03.png").write_bytes(b"not a png at all")
+    path = write_schedule(tmp_path, kd_schedule(folder, **{"data.num_workers": 2, "data.params.mean": [0.5], "data.params.std": [0.5]}))
+    completed = subprocess.run(
+        [sys.executable, "-m", "kdframe", "run", str(path), "--out", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert "cannot read" in completed.stderr and "03.png" in completed.stderr
+    assert "Traceback" not in completed.stderr and "worker" not in completed.stderr
 
 
 def test_images_of_another_size_need_image_size(folder: Path) -> None:

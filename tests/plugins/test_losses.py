@@ -318,3 +318,16 @@ def test_rkd_distance_errors():
 
 
 # -- the contract every registered loss meets -----------------------------------------------------
+
+
+def test_every_suggested_weight_names_the_code_or_paper_it_comes_from():
+    from kdframe.json_schema import first_party_registry
+
+    specs = {component.name: component.spec for component in first_party_registry().iter("loss")}
+    for name, spec in specs.items():
+        assert len(spec.weight_source) > 20, f"{name}: weight_source must say where its weight comes from"
+    # Values checked against the authors' code (issue 11).
+    assert specs["dist"].weight == 2.0  # DIST's kd_loss_weight 2
+    assert specs["cc"].weight == 100.0  # Knowledge-Distillation-Zoo's CC, the formula implemented
+    assert specs["ft"].weight == 500.0  # the FT authors' --beta with their normalisation
+    assert specs["at"].weight == 1000.0 and "1000 * P" in specs["at"].weight_source

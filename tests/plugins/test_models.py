@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.error
 from pathlib import Path
 
@@ -289,6 +290,35 @@ def test_torchvision_weights_from_the_hub_cache(monkeypatch: pytest.MonkeyPatch,
     )
     assert model.get_submodule("classifier.3").out_features == 10  # new head for 10 classes
     assert forward(model, FASHION).shape == (2, 10)
+
+
+class _WritesMarker:
+    """An object whose unpickling runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "pwned"))  # type: ignore[return-value]
+
+
+def test_torchvision_weights_file_with_code_is_refused_and_never_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torchvision
+
+    weights = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    torch.save({"features.0.0.weight": _WritesMarker(marker)}, cache / weights.url.rsplit("/", 1)[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a user's unsafe setting is overridden too
+    with pytest.raises(ComponentError, match=r"holds Python objects other than tensors.*refused") as error:
+        build(torchvision_models.SPEC, FASHION, name="mobilenet_v3_small", weights="DEFAULT")
+    assert str(cache) in str(error.value)
+    assert not marker.exists()
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
 
 
 # --------------------------------------------------------------------------------------------------
