@@ -120,10 +120,17 @@ def test_examples_validate(capsys) -> None:
 # --- bad input found by trying to break it (issue 11) ------------------------------------------
 
 
-def test_names_with_terminal_escapes_are_printed_escaped(tmp_path) -> None:
-    schedule = tiny_schedule()
-    schedule["models"]["student"]["arch"] = "evil\x1b[2J\u202ename"
-    path = write_schedule(tmp_path, schedule)
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"curriculum.params.student": "evil\x1b[2J\u202ename"},  # a model the curriculum names
+        {"models.student": {"arch": "torchvision", "params": {"name": "evil\x1b[2J\u202ename"}}},
+        {"models": {"evil\x1b[2J\u202ename": {"arch": "plain_cnn", "params": {"depth": 2}}}},
+    ],
+    ids=["curriculum-model", "component-param", "model-key"],
+)
+def test_names_with_terminal_escapes_are_printed_escaped(tmp_path, changes) -> None:
+    path = write_schedule(tmp_path, tiny_schedule(**changes))
     result = run_cli("validate", str(path))
     assert result.returncode == 2
     assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
