@@ -1,7 +1,9 @@
 """kdframe: knowledge distillation for PyTorch, built from plugins.
 
 The public API for plugin authors is re-exported here: the hook markers, the component specs and
-``Params`` base class, the plugin API version, the loss, data and curriculum interfaces, and the errors.
+``Params`` base class, the plugin API version, the loss, data and curriculum interfaces, the schedule
+models a curriculum reads, and the errors. First-party plugins import only these names (and the
+``kdframe.testing`` kit in their tests); ``tests/test_public_api.py`` checks it.
 """
 
 from kdframe.curriculum import (
@@ -13,7 +15,7 @@ from kdframe.curriculum import (
     split_snapshot,
     teacher_stages,
 )
-from kdframe.data import DataInfo, InMemoryDataset, SampleTransform, StreamingDataset
+from kdframe.data import BatchAugment, DataInfo, InMemoryDataset, SampleTransform, StreamingDataset
 from kdframe.errors import (
     CheckpointError,
     ComponentError,
@@ -24,7 +26,9 @@ from kdframe.errors import (
     ScheduleError,
     StorageError,
     TrainingError,
+    suggest,
 )
+from kdframe.features import LOGITS
 from kdframe.hookspecs import PLUGIN_API_VERSION, hookimpl
 from kdframe.losses import BuildContext, LayerPair, LossTerm, ModelOutputs, StepOutputs
 from kdframe.registry import (
@@ -37,13 +41,14 @@ from kdframe.registry import (
     Params,
 )
 from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
-from kdframe.value_schedule import ScheduledFloat, ValueSchedule, value_at, value_range
+from kdframe.schedule import LossConfig, ModelConfig, Schedule
+from kdframe.value_schedule import ScheduledFloat, ValueSchedule, describe_value, value_at, value_range
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchAugment",
     "BuildContext",
-    "LayerPair",
     "CheckpointError",
     "ComponentError",
     "Control",
@@ -52,12 +57,19 @@ __all__ = [
     "DataError",
     "DataInfo",
     "DatasetSpec",
+    "describe_value",
+    "distill_stage",
+    "hookimpl",
     "InMemoryDataset",
     "KdframeError",
     "LayerError",
+    "LayerPair",
     "LoggerSpec",
+    "LOGITS",
+    "LossConfig",
     "LossSpec",
     "LossTerm",
+    "ModelConfig",
     "ModelOutputs",
     "ModelSpec",
     "NoParams",
@@ -66,24 +78,24 @@ __all__ = [
     "PluginError",
     "RunInfo",
     "SampleTransform",
+    "Schedule",
     "ScheduledFloat",
     "ScheduleError",
+    "scratch_stage",
+    "snapshot_key",
+    "split_snapshot",
     "StageInfo",
     "StagePlan",
     "StageResult",
     "StepOutputs",
     "StorageError",
     "StreamingDataset",
-    "TrainState",
-    "TrainingError",
-    "ValueSchedule",
-    "distill_stage",
-    "hookimpl",
-    "scratch_stage",
-    "snapshot_key",
-    "split_snapshot",
+    "suggest",
     "teacher_stages",
+    "TrainingError",
+    "TrainState",
     "value_at",
     "value_range",
+    "ValueSchedule",
     "__version__",
 ]

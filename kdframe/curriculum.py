@@ -22,7 +22,7 @@ from typing import Literal
 
 from kdframe.errors import ScheduleError
 from kdframe.registry import Registry
-from kdframe.schedule import LossConfig, ModelConfig, Schedule
+from kdframe.schedule import LossConfig, ModelConfig, Schedule, component_params
 
 SNAPSHOT_SEPARATOR = "@"
 
@@ -120,6 +120,27 @@ def teacher_stages(schedule: Schedule, teachers: list[str], planned: set[str]) -
             stages.append(scratch_stage(schedule, teacher))
             planned.add(teacher)
     return stages
+
+
+def make_curriculum(schedule: Schedule, registry: Registry) -> Curriculum:
+    """The curriculum ``schedule.curriculum`` names, built from its validated params."""
+    name = schedule.curriculum.name
+    params = component_params(registry, "curriculum", name, schedule.curriculum.params, "curriculum")
+    return registry.spec("curriculum", name).factory(params)
+
+
+def plan_stages(
+    schedule: Schedule, curriculum: Curriculum, registry: Registry, name: str, *, check: bool = True
+) -> tuple[Schedule, list[StagePlan]]:
+    """The one planning sequence of ``run``, ``resume``, ``sweep`` and :mod:`kdframe.testing`: add the
+    models the curriculum defines (:func:`with_extra_models`), plan the stages and, with ``check``,
+    check the plan (:func:`check_plan`). Returns the schedule with those models and the stages;
+    ``name`` is the curriculum's name for messages."""
+    planned = with_extra_models(schedule, curriculum, name)
+    stages = curriculum.plan(planned)
+    if check:
+        check_plan(planned, stages, registry, name)
+    return planned, stages
 
 
 def check_plan(schedule: Schedule, stages: list[StagePlan], registry: Registry, curriculum: str) -> None:

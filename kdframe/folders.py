@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -124,7 +125,17 @@ def exclusive_lock(folder: Path, what: str = "run") -> Iterator[None]:
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                # A file system without locks (some network mounts): go on, but say so.
+                warnings.warn(
+                    f"Cannot lock {what} folder '{folder}' ({error.strerror or error}); nothing stops "
+                    "another kdframe process from writing it at the same time.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                yield
+                return
             raise RunFolderError(
                 f"{what.capitalize()} folder '{folder}' is in use by another kdframe process (it holds "
                 f"{LOCK_FILE}). Wait for it to finish or stop it, then try again; two processes never "

@@ -12,22 +12,19 @@ import copy
 import dataclasses
 import json
 import os
-import random
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from kdframe import checkpoints, distributed, folders, teacher_cache
-from kdframe.curriculum import StagePlan, check_plan, snapshot_key, split_snapshot, with_extra_models
+from kdframe.curriculum import StagePlan, make_curriculum, plan_stages, snapshot_key, split_snapshot
 from kdframe.ensemble import SoftmaxEnsemble
 from kdframe.data import AnyDataset, InMemoryDataset, StreamingDataset
 from kdframe.errors import ComponentError, DataError, KdframeError, ResumeError, RunFolderError, TrainingError
@@ -48,6 +45,7 @@ from kdframe.schedule import (
     resolved,
     validate_components,
 )
+from kdframe.seeding import derived_seed, seed_everything
 from kdframe.state import Control, RunInfo, StageInfo, StageResult
 from kdframe.trainer import StageSetup, Trainer, WeightedTerm
 
@@ -66,19 +64,6 @@ class Experiment:
     stages: list[StagePlan]
     setups: list[StageSetup] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-
-def derived_seed(seed: int, name: str) -> int:
-    """A seed for one named thing (a model, a stage) that depends only on the run's seed and the name,
-    so that a model or stage is the same whatever else the schedule holds (sweeps share them)."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def pick_device(name: str) -> torch.device:
@@ -116,13 +101,8 @@ def plugins_for(selection: PluginsConfig) -> Plugins:
 def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, Any]) -> Experiment:
     """Plan the stages and build everything they need; raise before any training on any problem."""
     registry = plugins.registry
-    curriculum_spec = registry.spec("curriculum", schedule.curriculum.name)
-    curriculum = curriculum_spec.factory(
-        component_params(registry, "curriculum", schedule.curriculum.name, schedule.curriculum.params, "curriculum")
-    )
-    schedule = with_extra_models(schedule, curriculum, schedule.curriculum.name)
-    stages = curriculum.plan(schedule)
-    check_plan(schedule, stages, registry, schedule.curriculum.name)
+    curriculum = make_curriculum(schedule, registry)
+    schedule, stages = plan_stages(schedule, curriculum, registry, schedule.curriculum.name)
 
     seed_everything(schedule.seed)
     data = load_data(schedule, plugins)

@@ -40,7 +40,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kdframe import folders
-from kdframe.curriculum import StagePlan, check_plan, split_snapshot, with_extra_models
+from kdframe.curriculum import StagePlan, make_curriculum, plan_stages, split_snapshot
 from kdframe.errors import KdframeError, ScheduleError, SweepError, printable
 from kdframe.plugins import Plugins
 from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, SWEEP_FILE, SweepReport, write_report
@@ -380,22 +380,12 @@ def _with_context(prefix: str, error: KdframeError) -> SweepError:
     return SweepError(f"{prefix}: {error}")
 
 
-def _curriculum(schedule: Schedule, plugins: Plugins) -> Any:
-    registry = plugins.registry
-    params = component_params(registry, "curriculum", schedule.curriculum.name, schedule.curriculum.params, "curriculum")
-    return registry.spec("curriculum", schedule.curriculum.name).factory(params)
-
-
 def _plan(raw: dict[str, Any], plugins: Plugins, source: str, *, check: bool = True) -> tuple[Schedule, list[StagePlan]]:
     """Parse, validate components and plan: (the schedule with the curriculum's models, its stages)."""
     schedule = parse_schedule(raw, source)
     validate_components(schedule, plugins.registry, source)
-    curriculum = _curriculum(schedule, plugins)
-    planned = with_extra_models(schedule, curriculum, schedule.curriculum.name)
-    stages = curriculum.plan(planned)
-    if check:
-        check_plan(planned, stages, plugins.registry, schedule.curriculum.name)
-    return planned, stages
+    curriculum = make_curriculum(schedule, plugins.registry)
+    return plan_stages(schedule, curriculum, plugins.registry, schedule.curriculum.name, check=check)
 
 
 def _stage_overrides(raw: dict[str, Any]) -> list[str]:
@@ -616,13 +606,12 @@ def _plan_run(
         placeholders = {key: f"<shared:{fingerprint[:12]}>" for key, fingerprint in reuse.items()}
         try:
             first = parse_schedule(_reuse_raw(raw, placeholders, []), source)
-            curriculum = _curriculum(first, plugins)
-            names = {stage.stage_name for stage in curriculum.plan(with_extra_models(first, curriculum, first.curriculum.name))}
+            curriculum = make_curriculum(first, plugins.registry)
+            _, first_stages = plan_stages(first, curriculum, plugins.registry, first.curriculum.name, check=False)
+            names = {stage.stage_name for stage in first_stages}
             run.dropped_overrides = [name for name in first.training.stages if name.removesuffix("-pretrain") not in names]
             schedule = parse_schedule(_reuse_raw(raw, placeholders, run.dropped_overrides), source)
-            final = with_extra_models(schedule, curriculum, schedule.curriculum.name)
-            final_stages = curriculum.plan(final)
-            check_plan(final, final_stages, plugins.registry, schedule.curriculum.name)
+            final, final_stages = plan_stages(schedule, curriculum, plugins.registry, schedule.curriculum.name)
         except KdframeError as error:
             shared = ", ".join(f"'{entry['model']}' (from {entry['from']})" for entry in run.reuses)
             raise SweepError(

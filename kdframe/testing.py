@@ -34,7 +34,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from kdframe.curriculum import Curriculum, StagePlan, check_plan, with_extra_models
+from kdframe.curriculum import Curriculum, StagePlan, check_plan, plan_stages
 from kdframe.data import DataInfo
 from kdframe.errors import KdframeError, LayerError
 from kdframe.hookspecs import hookimpl
@@ -542,8 +542,7 @@ def check_curriculum_contract(
     if registry is None:
         registry = make_plugins().registry
     try:
-        parsed = with_extra_models(parsed, curriculum, spec.name)
-        stages = curriculum.plan(parsed)
+        parsed, stages = plan_stages(parsed, curriculum, registry, spec.name, check=False)
         _require(
             isinstance(stages, list) and all(isinstance(stage, StagePlan) for stage in stages),
             f"curriculum '{spec.name}': plan() must return a list of StagePlan",

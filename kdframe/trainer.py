@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from kdframe.errors import KdframeError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
 from kdframe.schedule import AdamConfig, LRScheduleConfig, SGDConfig, TrainingConfig
+from kdframe.seeding import derived_seed
 from kdframe.state import Control, RunInfo, StageInfo, TrainState
 from kdframe.value_schedule import ScheduledFloat, value_at
 
@@ -396,19 +396,18 @@ class Trainer:
                 f"Continue with: kdframe resume {self.run.folder}"
             )
 
+    def _trained_modules(self) -> list[tuple[str, nn.Module]]:
+        """What training changes, named for messages: the student and the loss terms (adapters,
+        memory banks)."""
+        return [("student", self.setup.student), *((f"loss term '{w.name}'", w.term) for w in self.setup.terms)]
+
     def _trained_tensors(self) -> list[tuple[str, Tensor]]:
-        """The floating-point parameters and buffers that training changes: the student's and the
-        loss terms' (adapters, memory banks), each with a name for messages."""
+        """The floating-point parameters and buffers of :meth:`_trained_modules`, with names."""
         named: list[tuple[str, Tensor]] = []
-        for owner, module in (("student", self.setup.student), *((f"loss term '{w.name}'", w.term) for w in self.setup.terms)):
+        for owner, module in self._trained_modules():
             for kind, tensors in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
                 named += [(f"{owner} {kind} '{name}'", t) for name, t in tensors if t.is_floating_point()]
         return named
-
-    def _buffers(self) -> list[tuple[str, Tensor]]:
-        """Every buffer of the student and the loss terms (BatchNorm statistics, memory banks)."""
-        modules = [self.setup.student, *(w.term for w in self.setup.terms)]
-        return [(name, buffer) for module in modules for name, buffer in module.named_buffers()]
 
     def _check_finite_weights(self, epoch: int) -> None:
         """Raise :class:`TrainingError` when a weight or buffer became NaN or infinite during
@@ -430,8 +429,8 @@ class Trainer:
         raise TrainingError(
             f"Stage '{self.setup.info.name}': the weights became non-finite (NaN or infinite) in epoch "
             f"{epoch + 1}: {', '.join(bad[:3])}{more}. Nothing of this epoch is saved; {kept}. Lower "
-            "training.optimizer.lr, add training.grad_clip_norm, or lower the loss weights; with "
-            "training.on_nonfinite: \"skip\" such batches are skipped only when their loss is non-finite."
+            "training.optimizer.lr, add training.grad_clip_norm, or lower the loss weights "
+            "(training.on_nonfinite does not help here: skipping batches cannot repair weights)."
         )
 
     def _kept_teachers(self, generator: torch.Generator) -> list[int]:
@@ -564,7 +563,7 @@ class Trainer:
         for weighted in setup.terms:
             weighted.term.train()
         # Shuffling depends on the seed, the stage's name and the epoch only (not on other stages).
-        stage_seed = (self.seed * 1_000_003 + zlib.crc32(setup.info.name.encode())) % 2**62
+        stage_seed = derived_seed(self.seed, setup.info.name)
         generator = torch.Generator().manual_seed((stage_seed * 10_007 + epoch) % 2**64)  # any schedule seed
         train_count = self.data.train_count
         term_sums = torch.zeros(len(setup.terms), dtype=torch.float64)
@@ -577,7 +576,7 @@ class Trainer:
         skipped = 0
         # With on_nonfinite "skip", a skipped batch must leave the model exactly as before it: its
         # forward pass already moved BatchNorm statistics (and memory banks), so they are put back.
-        restorable = [t for _, t in self._buffers()] if config.on_nonfinite == "skip" else []
+        restorable = [b for _, module in self._trained_modules() for b in module.buffers()] if config.on_nonfinite == "skip" else []
         batches = train_batches(
             self.data,
             self.batch_size,

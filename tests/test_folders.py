@@ -259,3 +259,13 @@ def test_links_inside_a_folder_are_refused(tmp_path: Path) -> None:
     (tmp_path / "run" / "stages" / "student.pt").symlink_to(tmp_path / "elsewhere.pt")
     with pytest.raises(RunFolderError, match="symbolic link"):
         folders.refuse_links(tmp_path / "run")
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_locks(handle: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(folders.fcntl, "flock", no_locks)
+    with pytest.warns(RuntimeWarning, match="Cannot lock run folder"):
+        with folders.exclusive_lock(tmp_path):
+            pass

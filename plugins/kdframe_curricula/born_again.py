@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kdframe import Curriculum, Params, StagePlan, distill_stage, teacher_stages
-from kdframe.schedule import ModelConfig, Schedule
+from kdframe import Curriculum, ModelConfig, Params, Schedule, StagePlan, distill_stage, teacher_stages
 
 
 class BornAgainParams(Params):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kdframe import Curriculum, Params, StagePlan, distill_stage, scratch_stage, teacher_stages
-from kdframe.schedule import Schedule
+from kdframe import Curriculum, Params, Schedule, StagePlan, distill_stage, scratch_stage, teacher_stages
 
 
 class DirectParams(Params):

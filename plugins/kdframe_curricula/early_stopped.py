@@ -6,9 +6,16 @@ from dataclasses import replace
 
 from pydantic import Field
 
-from kdframe import Curriculum, Params, ScheduleError, StagePlan, distill_stage, scratch_stage
-from kdframe.curriculum import snapshot_key
-from kdframe.schedule import Schedule
+from kdframe import (
+    Curriculum,
+    Params,
+    Schedule,
+    ScheduleError,
+    StagePlan,
+    distill_stage,
+    scratch_stage,
+    snapshot_key,
+)
 
 
 class EarlyStoppedTeacherParams(Params):

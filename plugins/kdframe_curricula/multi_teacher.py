@@ -6,8 +6,7 @@ from dataclasses import replace
 
 from pydantic import Field, NonNegativeFloat, model_validator
 
-from kdframe import Curriculum, Params, StagePlan, distill_stage, teacher_stages
-from kdframe.schedule import Schedule
+from kdframe import Curriculum, Params, Schedule, StagePlan, distill_stage, teacher_stages
 
 
 class MultiTeacherParams(Params):

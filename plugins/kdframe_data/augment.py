@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdframe.data import BatchAugment
+from kdframe import BatchAugment
 
 
 @dataclass(frozen=True)

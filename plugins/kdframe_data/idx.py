@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdframe.errors import DataError
+from kdframe import DataError
 
 #: IDX type code -> numpy dtype (big-endian, as stored).
 IDX_TYPES: dict[int, np.dtype] = {

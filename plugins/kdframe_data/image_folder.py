@@ -30,8 +30,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from kdframe import DataError, Params, StreamingDataset
-from kdframe.data import BatchAugment
+from kdframe import BatchAugment, DataError, Params, StreamingDataset
 from kdframe_data.augment import random_crop_flip
 
 #: At most this many training images are read to compute ``mean`` and ``std`` when not given.

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdframe.errors import ComponentError, LayerError
-from kdframe.losses import ModelOutputs
+from kdframe import ComponentError, LayerError, ModelOutputs
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:

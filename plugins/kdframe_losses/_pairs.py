@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from kdframe import LayerError, StepOutputs
-from kdframe.losses import BuildContext, LayerPair
+from kdframe import BuildContext, LayerError, LayerPair, StepOutputs
 from kdframe_losses._common import layer_output, layer_shape, shape_text
 
 #: Placeholder layer pairs for the specs' ``example`` params.

@@ -63,8 +63,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from kdframe import ComponentError, LayerError, LossSpec, LossTerm, Params, StepOutputs
-from kdframe.losses import BuildContext, LayerPair
+from kdframe import (
+    BuildContext,
+    ComponentError,
+    LayerError,
+    LayerPair,
+    LossSpec,
+    LossTerm,
+    Params,
+    StepOutputs,
+)
 from kdframe_losses._common import layer_output, layer_shape, require_teacher, shape_text
 
 NAME = "crd"

@@ -54,8 +54,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from kdframe import ComponentError, LossSpec, LossTerm, Params, StepOutputs
-from kdframe.losses import BuildContext, LayerPair
+from kdframe import BuildContext, ComponentError, LayerPair, LossSpec, LossTerm, Params, StepOutputs
 from kdframe_losses._common import (
     compute_dtype,
     require_teacher,

@@ -40,8 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from kdframe import LossSpec, LossTerm, Params, StepOutputs
-from kdframe.losses import BuildContext, LayerPair
+from kdframe import BuildContext, LayerPair, LossSpec, LossTerm, Params, StepOutputs
 from kdframe_losses._common import compute_dtype, require_teacher
 from kdframe_losses._pairs import (
     EXAMPLE_LAYERS,

@@ -59,8 +59,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kdframe import ComponentError, LayerError, LossSpec, LossTerm, Params, StepOutputs
-from kdframe.losses import BuildContext, LayerPair
+from kdframe import (
+    BuildContext,
+    ComponentError,
+    LayerError,
+    LayerPair,
+    LossSpec,
+    LossTerm,
+    Params,
+    StepOutputs,
+)
 from kdframe_losses._common import compute_dtype, require_teacher, shape_text
 from kdframe_losses._pairs import (
     check_maps,

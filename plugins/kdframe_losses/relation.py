@@ -90,9 +90,18 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from kdframe import ComponentError, LayerError, LossSpec, LossTerm, Params, StepOutputs
-from kdframe.features import LOGITS
-from kdframe.losses import BuildContext, LayerPair, ModelOutputs
+from kdframe import (
+    BuildContext,
+    ComponentError,
+    LOGITS,
+    LayerError,
+    LayerPair,
+    LossSpec,
+    LossTerm,
+    ModelOutputs,
+    Params,
+    StepOutputs,
+)
 from kdframe_losses._common import compute_dtype, layer_output, layer_shape, require_teacher, shape_text
 
 EPS = 1e-12

@@ -85,8 +85,17 @@ import torch.nn.functional as F
 from pydantic import AfterValidator, Field
 from torch import Tensor
 
-from kdframe import ComponentError, LossSpec, LossTerm, Params, StepOutputs, value_range
-from kdframe.value_schedule import ValueSchedule, describe_value, value_at
+from kdframe import (
+    ComponentError,
+    LossSpec,
+    LossTerm,
+    Params,
+    StepOutputs,
+    ValueSchedule,
+    describe_value,
+    value_at,
+    value_range,
+)
 from kdframe_losses._common import compute_dtype, require_teacher, shape_text, soft_kl
 
 

@@ -37,8 +37,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from kdframe import ComponentError, DataInfo, ModelSpec, Params
-from kdframe.errors import suggest
+from kdframe import ComponentError, DataInfo, ModelSpec, Params, suggest
 
 #: Paths of the input convolution in torchvision's classification models.
 INPUT_CONV_PATHS = (

@@ -19,8 +19,17 @@ import dataclasses
 
 from pydantic import Field
 
-from kdframe import Curriculum, CurriculumSpec, Params, StagePlan, distill_stage, snapshot_key, teacher_stages
-from kdframe.schedule import ModelConfig, Schedule
+from kdframe import (
+    Curriculum,
+    CurriculumSpec,
+    ModelConfig,
+    Params,
+    Schedule,
+    StagePlan,
+    distill_stage,
+    snapshot_key,
+    teacher_stages,
+)
 
 COPY_SUFFIX = "-self"
 

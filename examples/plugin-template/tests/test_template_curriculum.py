@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kdframe.schedule import LossConfig
+from kdframe import LossConfig
 from kdframe.testing import check_curriculum_contract, tiny_schedule
 from kdframe_template.curriculum import SPEC
 
