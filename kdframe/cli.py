@@ -19,6 +19,7 @@ from typing import Any
 
 from kdframe import __version__
 from kdframe.errors import KdframeError, printable
+from kdframe.registry import KINDS, PLURALS
 
 EXIT_INPUT_ERROR = 2
 EXIT_BUG = 1
@@ -90,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         "and distribution that provide it.",
     )
     plugins.add_argument("pattern", nargs="?", default="*", help="wildcard filter on names, e.g. 'rkd*'")
-    plugins.add_argument("--kind", choices=["loss", "model", "curriculum", "dataset", "logger"], help="only this kind")
+    plugins.add_argument("--kind", choices=list(KINDS), help="only this kind")
     plugins.add_argument("--params", action="store_true", help="also list each component's params (type, default, description)")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -192,9 +193,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             terms = " + ".join(f"{describe_value(w.weight)}*{w.name}" for w in setup.terms)
         print(f"  {info.index + 1}. {info.name} ({info.arch}), {info.epochs} epochs, from {teachers}: {terms}")
     return 0
-
-
-PLURALS = {"loss": "losses", "model": "models", "curriculum": "curricula", "dataset": "datasets", "logger": "loggers"}
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:

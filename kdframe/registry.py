@@ -113,16 +113,36 @@ class LoggerSpec(ComponentSpec):
     kind: ClassVar[str] = "logger"
 
 
-KINDS: dict[str, type[ComponentSpec]] = {
-    spec.kind: spec for spec in (LossSpec, ModelSpec, CurriculumSpec, DatasetSpec, LoggerSpec)
-}
-REGISTRATION_HOOKS: dict[str, str] = {
-    "loss": "kdframe_register_losses",
-    "model": "kdframe_register_models",
-    "curriculum": "kdframe_register_curricula",
-    "dataset": "kdframe_register_datasets",
-    "logger": "kdframe_register_loggers",
-}
+@dataclass(frozen=True)
+class ComponentKind:
+    """One kind of component: its spec class, the hook that registers it and its plural for
+    listings. :data:`COMPONENT_KINDS` is the one table the registry, the CLI (``kdframe plugins
+    --kind``) and the docs read, so a new kind is added there alone."""
+
+    spec: type[ComponentSpec]
+    hook: str
+    plural: str
+
+    @property
+    def name(self) -> str:
+        """The kind's name, e.g. ``"loss"`` (the spec class's ``kind``)."""
+        return self.spec.kind
+
+
+#: Every kind of component, in listing order.
+COMPONENT_KINDS: tuple[ComponentKind, ...] = (
+    ComponentKind(LossSpec, "kdframe_register_losses", "losses"),
+    ComponentKind(ModelSpec, "kdframe_register_models", "models"),
+    ComponentKind(CurriculumSpec, "kdframe_register_curricula", "curricula"),
+    ComponentKind(DatasetSpec, "kdframe_register_datasets", "datasets"),
+    ComponentKind(LoggerSpec, "kdframe_register_loggers", "loggers"),
+)
+#: Spec class by kind name.
+KINDS: dict[str, type[ComponentSpec]] = {kind.name: kind.spec for kind in COMPONENT_KINDS}
+#: Registration hook by kind name.
+REGISTRATION_HOOKS: dict[str, str] = {kind.name: kind.hook for kind in COMPONENT_KINDS}
+#: Plural by kind name ("curricula", not "curriculums").
+PLURALS: dict[str, str] = {kind.name: kind.plural for kind in COMPONENT_KINDS}
 
 
 @dataclass(frozen=True)
@@ -196,7 +216,7 @@ class Registry:
         names = sorted(available)
         listing = ", ".join(names) if names else "none"
         raise ComponentError(
-            f"Unknown {kind} {name!r}.{suggest(name, names)} Available {kind}s: {listing}. "
+            f"Unknown {kind} {name!r}.{suggest(name, names)} Available {PLURALS.get(kind, kind + 's')}: {listing}. "
             "Run 'kdframe plugins' to see every component and the plugin that provides it."
         )
 

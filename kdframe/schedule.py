@@ -15,12 +15,13 @@ from __future__ import annotations
 import copy
 import json
 import re
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kdframe.errors import ComponentError, ScheduleError, printable
+from kdframe.errors import ComponentError, ScheduleError, printable, suggest
 from kdframe.strict_numbers import BOOL_NOT_NUMBER, NoBoolNumbers
 from kdframe.value_schedule import ScheduledFloat, value_range
 
@@ -338,8 +339,27 @@ def format_location(location: tuple[Any, ...]) -> str:
     return text or "(top level)"
 
 
-def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
-    """One line per problem: ``path: message (got value)``."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The Pydantic models an annotation holds, looking through unions, ``Annotated``, lists and dicts."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in typing.get_args(annotation) for model in _models_in(argument)]
+
+
+def _known_keys(model: type[BaseModel] | None, location: tuple[Any, ...]) -> list[str]:
+    """The keys allowed in the object at ``location`` below ``model`` (for "did you mean")."""
+    models = [model] if model is not None else []
+    for part in location:
+        if isinstance(part, int) or not models:
+            continue  # a list index keeps the item's models
+        fields = [m.model_fields.get(str(part)) or next((f for f in m.model_fields.values() if f.alias == part), None) for m in models]
+        models = [found for field in fields if field is not None for found in _models_in(field.annotation)]
+    return sorted({field.alias or name for m in models for name, field in m.model_fields.items()})
+
+
+def format_validation_error(error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> list[str]:
+    """One line per problem: ``path: message (got value)``. With ``model`` (the model validated), an
+    unknown key gets a "did you mean" of the keys allowed there."""
     lines = []
     for item in error.errors(include_url=False):
         location = tuple(part for part in item["loc"] if part not in ("function-after",))
@@ -356,7 +376,8 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
             if len(shown) <= 60:
                 message += f" (got {shown})"
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; 'kdframe schema' lists every key)"
+            close = suggest(str(location[-1]), _known_keys(model, location[:-1])) if location else ""
+            message = f"unknown key.{close} (Check the spelling; 'kdframe schema' lists every key.)"
         lines.append(f"{path}: {message}")
     return lines
 
@@ -515,7 +536,7 @@ def parse_schedule(data: dict[str, Any], source: str = "schedule") -> Schedule:
     try:
         return Schedule.model_validate(data)
     except ValidationError as error:
-        raise ScheduleError(_problems(source, format_validation_error(error))) from None
+        raise ScheduleError(_problems(source, format_validation_error(error, model=Schedule))) from None
 
 
 def plugin_selection(data: Any, source: str = "schedule") -> PluginsConfig:
@@ -541,7 +562,7 @@ def component_params(registry: Registry, kind: str, name: str, params: dict[str,
         return spec.params.model_validate(params)
     except ValidationError as error:
         raise ScheduleError(
-            "\n".join(f"{line}" for line in format_validation_error(error, prefix=f"{path}.params"))
+            "\n".join(f"{line}" for line in format_validation_error(error, prefix=f"{path}.params", model=spec.params))
         ) from None
 
 

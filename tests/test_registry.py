@@ -34,3 +34,20 @@ def test_same_name_in_different_kinds_is_fine_and_iter_filters() -> None:
 def test_non_spec_is_rejected() -> None:
     with pytest.raises(PluginError, match="not a kdframe component spec"):
         Registry().add("nope", PROVIDER)  # type: ignore[arg-type]
+
+
+def test_one_table_of_component_kinds_drives_hooks_listings_and_messages() -> None:
+    from kdframe import hookspecs
+    from kdframe.cli import _parser
+    from kdframe.errors import ComponentError
+    from kdframe.plugins import create_plugins
+    from kdframe.registry import COMPONENT_KINDS, KINDS, PLURALS, REGISTRATION_HOOKS
+
+    assert [kind.name for kind in COMPONENT_KINDS] == list(KINDS) == list(REGISTRATION_HOOKS) == list(PLURALS)
+    for kind in COMPONENT_KINDS:
+        assert hasattr(hookspecs, kind.hook), kind.hook
+    plugins_command = _parser()._subparsers._group_actions[0].choices["plugins"]  # type: ignore[union-attr]
+    kind_option = next(action for action in plugins_command._actions if action.dest == "kind")
+    assert list(kind_option.choices) == list(KINDS)
+    with pytest.raises(ComponentError, match="Available curricula: "):
+        create_plugins().registry.spec("curriculum", "nope")

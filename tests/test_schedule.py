@@ -184,3 +184,15 @@ def test_a_loss_weight_is_checked_over_every_value_its_schedule_takes(weight: ob
 def test_an_optimizer_without_a_name_is_the_default_sgd() -> None:
     schedule = parse_schedule(apply_overrides(tiny_schedule(), ["training.optimizer.lr=0.2"]))
     assert schedule.training.optimizer.name == "sgd" and schedule.training.optimizer.lr == 0.2
+
+
+def test_unknown_keys_get_a_did_you_mean_in_sections_and_component_params() -> None:
+    with pytest.raises(ScheduleError) as error:
+        parse_schedule(tiny_schedule(**{"training.epoch": 2, "training.optimizer.momentun": 0.5, "data.batchsize": 3}))
+    message = str(error.value)
+    assert "training.epoch: unknown key. Did you mean 'epochs'?" in message
+    assert "training.optimizer.momentun: unknown key. Did you mean 'momentum'?" in message
+    assert "data.batchsize: unknown key. Did you mean 'batch_size'" in message
+    schedule = parse_schedule(tiny_schedule(**{"models.student.params.dpeth": 2}))
+    with pytest.raises(ScheduleError, match=r"models.student.params.dpeth: unknown key. Did you mean 'depth'\?"):
+        validate_components(schedule, create_plugins().registry)
