@@ -126,7 +126,8 @@ def make_curriculum(schedule: Schedule, registry: Registry) -> Curriculum:
     """The curriculum ``schedule.curriculum`` names, built from its validated params."""
     name = schedule.curriculum.name
     params = component_params(registry, "curriculum", name, schedule.curriculum.params, "curriculum")
-    return registry.spec("curriculum", name).factory(params)
+    with registry.component_code("curriculum", name, "its factory"):
+        return registry.spec("curriculum", name).factory(params)
 
 
 def plan_stages(
@@ -137,7 +138,8 @@ def plan_stages(
     check the plan (:func:`check_plan`). Returns the schedule with those models and the stages;
     ``name`` is the curriculum's name for messages."""
     planned = with_extra_models(schedule, curriculum, name)
-    stages = curriculum.plan(planned)
+    with registry.component_code("curriculum", name, "plan()"):
+        stages = curriculum.plan(planned)
     if check:
         check_plan(planned, stages, registry, name)
     return planned, stages
@@ -237,5 +239,6 @@ def _check_ensemble(schedule: Schedule, stage: StagePlan, label: str, trained: d
 
 def _needs_teacher(registry: Registry, loss: LossConfig) -> bool:
     spec = registry.spec("loss", loss.name)
-    term = spec.factory(spec.params.model_validate(loss.params))
+    with registry.component_code("loss", loss.name, "its factory"):
+        term = spec.factory(spec.params.model_validate(loss.params))
     return bool(getattr(term, "needs_teacher", True))

@@ -8,6 +8,7 @@ plugin manager is created; there is no second, global dictionary.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from kdframe.errors import ComponentError, PluginError, suggest
+from kdframe.errors import ComponentError, KdframeError, PluginError, suggest
 from kdframe.strict_numbers import NoBoolNumbers
 
 if TYPE_CHECKING:
@@ -224,6 +225,22 @@ class Registry:
         """Shorthand for ``get(kind, name).spec``."""
         return self.get(kind, name).spec
 
+    @contextlib.contextmanager
+    def component_code(self, kind: str, name: str, action: str) -> Iterator[None]:
+        """Run a component's own code (its factory, a loss term's ``build``, a curriculum's ``plan``):
+        an exception from it that is not a :class:`~kdframe.errors.KdframeError` becomes a
+        :class:`~kdframe.errors.PluginError` naming the component, its plugin and distribution,
+        so that a plugin's bug is reported as the plugin's, not as kdframe's. Running out of memory
+        is not a bug and passes through."""
+        try:
+            yield
+        except (KdframeError, MemoryError):
+            raise
+        except Exception as error:
+            if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+                raise
+            raise plugin_bug(kind, name, self.get(kind, name).provider.describe(), action, error) from error
+
     def remove_plugin(self, plugin: str) -> None:
         """Drop every component the named plugin registered (a broken plugin that is skipped)."""
         for components in self.components.values():
@@ -241,6 +258,17 @@ class Registry:
             for name in sorted(self.components[each]):
                 if fnmatch.fnmatchcase(name, pattern):
                     yield self.components[each][name]
+
+
+def plugin_bug(kind: str, name: str, provider: str, action: str, error: BaseException) -> PluginError:
+    """The error for an exception raised in a component's own code: it names the component, the
+    plugin that provides it, what it was doing and the exception, and says whose bug it is."""
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    return PluginError(
+        f"{kind.capitalize()} '{name}' from {provider} failed in {action}: {type(error).__name__}: "
+        f"{first_line}. This is a bug in that plugin, not in kdframe: report it to the plugin's "
+        "authors (rerun with --debug for the traceback), or use another component."
+    )
 
 
 def build_registry(

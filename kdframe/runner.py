@@ -27,7 +27,7 @@ from kdframe import checkpoints, distributed, folders, teacher_cache
 from kdframe.curriculum import StagePlan, make_curriculum, plan_stages, snapshot_key, split_snapshot
 from kdframe.ensemble import SoftmaxEnsemble
 from kdframe.data import AnyDataset, InMemoryDataset, StreamingDataset
-from kdframe.errors import ComponentError, DataError, KdframeError, ResumeError, RunFolderError, TrainingError
+from kdframe.errors import ComponentError, DataError, KdframeError, PluginError, ResumeError, RunFolderError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import BuildContext
 from kdframe.value_schedule import describe_value
@@ -126,7 +126,8 @@ def load_data(schedule: Schedule, plugins: Plugins) -> AnyDataset:
     """Build the schedule's dataset and take the requested subsets."""
     config = schedule.data
     params = component_params(plugins.registry, "dataset", config.dataset, config.params, "data")
-    data = plugins.registry.spec("dataset", config.dataset).factory(params)
+    with plugins.registry.component_code("dataset", config.dataset, "its factory"):
+        data = plugins.registry.spec("dataset", config.dataset).factory(params)
     if not isinstance(data, (InMemoryDataset, StreamingDataset)):
         raise ComponentError(
             f"Dataset '{config.dataset}' returned {type(data).__name__}, not an InMemoryDataset or a StreamingDataset."
@@ -147,14 +148,17 @@ def build_models(schedule: Schedule, plugins: Plugins, data: AnyDataset) -> dict
         params = component_params(plugins.registry, "model", config.arch, config.params, f"models.{key}")
         torch.manual_seed(derived_seed(schedule.seed, f"model:{key}"))
         try:
-            model = spec.factory(params, data.info)
-        except KdframeError:
-            raise
-        except (ValueError, TypeError, RuntimeError) as error:
+            with plugins.registry.component_code("model", config.arch, f"its factory (models.{key})"):
+                model = spec.factory(params, data.info)
+        except PluginError as error:
+            cause = error.__cause__
+            if not isinstance(cause, (ValueError, TypeError, RuntimeError)):
+                raise
+            # Usually params that do not fit the data (too deep for the image size, say).
             raise ComponentError(
                 f"models.{key}: architecture '{config.arch}' could not be built with these params for "
-                f"data of shape {data.info.in_channels}x{data.info.image_size[0]}x{data.info.image_size[1]}: {error}"
-            ) from error
+                f"data of shape {data.info.in_channels}x{data.info.image_size[0]}x{data.info.image_size[1]}: {cause}"
+            ) from cause
         if config.checkpoint is not None:
             checkpoints.load_into(model, config.checkpoint, label=f"model '{key}' ({config.arch})", expected_arch=config.arch)
         models[key] = model
@@ -185,7 +189,9 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
     terms = []
     for label, loss in zip(labels, plan.losses):
         params = component_params(registry, "loss", loss.name, loss.params, f"stage '{plan.stage_name}' loss '{loss.name}'")
-        terms.append(WeightedTerm(label, loss.weight, registry.spec("loss", loss.name).factory(params)))
+        with registry.component_code("loss", loss.name, "its factory"):
+            term = registry.spec("loss", loss.name).factory(params)
+        terms.append(WeightedTerm(label, loss.weight, term, registry.get("loss", loss.name).provider.describe()))
     student_paths = [path for weighted in terms for path in weighted.term.student_layers]
     teacher_paths = [path for weighted in terms for path in weighted.term.teacher_layers]
     arch = schedule.models[plan.student].arch
@@ -210,18 +216,19 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
         student_shapes = {k: v.shape for k, v in (student_tap.take() if student_tap else {}).items()}
         teacher_shapes = {k: v.shape for k, v in (teacher_tap.take() if teacher_tap else {}).items()}
     training = schedule.training.for_stage(plan.stage_name)
-    for weighted in terms:
-        weighted.term.build(
-            BuildContext(
-                student_shapes={p: student_shapes[p] for p in weighted.term.student_layers},
-                teacher_shapes={p: teacher_shapes[p] for p in weighted.term.teacher_layers},
-                student_modules={p: student_tap.modules[p] for p in weighted.term.student_layers} if student_tap else {},
-                teacher_modules={p: teacher_tap.modules[p] for p in weighted.term.teacher_layers} if teacher_tap else {},
-                num_train_samples=experiment.data.train_count,
-                num_classes=len(experiment.data.classes),
-                epochs=training.epochs,
+    for weighted, loss in zip(terms, plan.losses):
+        with registry.component_code("loss", loss.name, f"build() in stage '{plan.stage_name}'"):
+            weighted.term.build(
+                BuildContext(
+                    student_shapes={p: student_shapes[p] for p in weighted.term.student_layers},
+                    teacher_shapes={p: teacher_shapes[p] for p in weighted.term.teacher_layers},
+                    student_modules={p: student_tap.modules[p] for p in weighted.term.student_layers} if student_tap else {},
+                    teacher_modules={p: teacher_tap.modules[p] for p in weighted.term.teacher_layers} if teacher_tap else {},
+                    num_train_samples=experiment.data.train_count,
+                    num_classes=len(experiment.data.classes),
+                    epochs=training.epochs,
+                )
             )
-        )
 
     info = StageInfo(
         index=0,
@@ -360,7 +367,9 @@ def execute(
         if quiet and ref.name == "progress":
             continue
         spec = plugins.registry.spec("logger", ref.name)
-        logger = spec.factory(component_params(plugins.registry, "logger", ref.name, ref.params, f"logging.loggers[{index}]"), folder)
+        logger_params = component_params(plugins.registry, "logger", ref.name, ref.params, f"logging.loggers[{index}]")
+        with plugins.registry.component_code("logger", ref.name, "its factory"):
+            logger = spec.factory(logger_params, folder)
         name = f"run-logger-{index}-{ref.name}"
         plugins.register_for_run(logger, name)
         logger_names.append(name)

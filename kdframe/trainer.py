@@ -24,6 +24,7 @@ from kdframe.data import AnyDataset, InMemoryDataset, batches_per_epoch, eval_ba
 from kdframe.errors import KdframeError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
+from kdframe.registry import plugin_bug
 from kdframe.schedule import AdamConfig, LRScheduleConfig, SGDConfig, TrainingConfig
 from kdframe.seeding import derived_seed
 from kdframe.state import Control, RunInfo, StageInfo, TrainState
@@ -35,11 +36,13 @@ COLLAPSE_FACTOR = 1.5
 
 @dataclass
 class WeightedTerm:
-    """A built loss term with its label (its name, numbered when a stage uses it twice) and weight."""
+    """A built loss term with its label (its name, numbered when a stage uses it twice), its weight
+    and the plugin that provides it (``Provider.describe()``, for error messages)."""
 
     name: str
     weight: ScheduledFloat
     term: LossTerm
+    provider: str = "its plugin"
 
 
 @dataclass
@@ -540,6 +543,25 @@ class Trainer:
         else:
             optimizer.step()
 
+    @staticmethod
+    def _term_value(weighted: WeightedTerm, weight: float, outputs: StepOutputs, pretraining: bool) -> Tensor:
+        """One term's value for a batch: its pre-training loss in a pre-training phase, else its
+        forward (skipped, as a zero, while its weight is 0: a warm-up's start, AB after its phase).
+        An exception from the term's own code is reported as its plugin's bug."""
+        try:
+            if pretraining:
+                return weighted.term.pretrain_loss(outputs)
+            if weight == 0:
+                return outputs.student.logits.new_zeros(())
+            return weighted.term(outputs)
+        except (KdframeError, MemoryError):
+            raise
+        except Exception as error:
+            if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+                raise
+            action = "pretrain_loss()" if pretraining else "forward()"
+            raise plugin_bug("loss term", weighted.name, weighted.provider, action, error) from error
+
     def _evaluate(self, model: nn.Module) -> tuple[float, float]:
         """Test accuracy (percent) and mean loss; with several processes each evaluates a share."""
         config = self.setup.training
@@ -605,14 +627,7 @@ class Trainer:
                 indices,
                 teacher_weights,
             )
-            if pretraining:
-                values = [weighted.term.pretrain_loss(outputs) for weighted in setup.terms]
-            else:
-                # A term whose weight is 0 this epoch (a warm-up's start, AB after its phase) is skipped.
-                values = [
-                    weighted.term(outputs) if weight != 0 else logits.new_zeros(())
-                    for weighted, weight in zip(setup.terms, weights)
-                ]
+            values = [self._term_value(weighted, weight, outputs, pretraining) for weighted, weight in zip(setup.terms, weights)]
             total = sum((weight * value for weight, value in zip(weights, values)), torch.zeros((), device=logits.device))
             detached = torch.stack([value.detach().float() for value in values]).cpu().double()
             detached = self.dist.mean(detached)  # the global batch's values, the same on every rank

@@ -364,3 +364,67 @@ def test_call_each_passes_only_declared_arguments_and_names_a_failing_plugin() -
     broken = create_plugins(load_entry_points=False, plugins=[("broken_state", BrokenState())])
     with pytest.raises(PluginError, match=r"plugin 'broken_state'.*kdframe_state_dict: RuntimeError: cannot serialise s"):
         broken.call_each("kdframe_state_dict", run="r", stage="s")
+
+
+# --- a plugin's bug is reported as the plugin's (issue 12, item 8) --------------------------------
+
+
+class BuggyComponents:
+    """A test plugin whose components fail in their own code, each in one place."""
+
+    def __init__(self, fail_in: str) -> None:
+        self.fail_in = fail_in
+
+    @hookimpl
+    def kdframe_register_losses(self):
+        from kdframe import LossSpec, LossTerm, NoParams
+
+        fail_in = self.fail_in
+
+        class Buggy(LossTerm):
+            needs_teacher = False
+
+            def build(self, context) -> None:
+                if fail_in == "build":
+                    raise KeyError("adapter")
+
+            def forward(self, outputs):
+                if fail_in == "forward":
+                    return outputs.student.logits.sum() / [][0]
+                return outputs.student.logits.mean() * 0
+
+        def factory(params):
+            if fail_in == "factory":
+                raise ZeroDivisionError("division by zero in the factory")
+            return Buggy()
+
+        return [LossSpec(name="buggy", summary="Fails on purpose.", factory=factory, params=NoParams, family="label")]
+
+    @hookimpl
+    def kdframe_register_curricula(self):
+        from kdframe import Curriculum, CurriculumSpec, NoParams
+
+        class Broken(Curriculum):
+            def plan(self, schedule):
+                raise AttributeError("'NoneType' object has no attribute 'stages'")
+
+        return [CurriculumSpec(name="broken_plan", summary="Fails on purpose.", factory=lambda params: Broken(), params=NoParams)]
+
+
+@pytest.mark.parametrize(
+    ("fail_in", "curriculum", "expected"),
+    [
+        ("factory", "direct", r"Loss 'buggy' from plugin 'buggy_plugin' .* failed in its factory: ZeroDivisionError"),
+        ("build", "direct", r"Loss 'buggy' from plugin 'buggy_plugin' .* failed in build\(\) in stage 'student': KeyError"),
+        ("forward", "direct", r"Loss term 'buggy' from plugin 'buggy_plugin' .* failed in forward\(\): IndexError"),
+        ("none", "broken_plan", r"Curriculum 'broken_plan' from plugin 'buggy_plugin' .* failed in plan\(\): AttributeError"),
+    ],
+)
+def test_an_exception_in_a_components_own_code_names_its_plugin(tmp_path, fail_in, curriculum, expected) -> None:
+    schedule = tiny_schedule(**{"logging.loggers": [], "training.epochs": 1})
+    schedule["curriculum"] = {"name": curriculum, "params": {"student": "student"} if curriculum == "direct" else {}}
+    schedule["distill"] = {"scratch_losses": [{"name": "cross_entropy"}, {"name": "buggy"}]}
+    plugins = create_plugins(plugins=[("buggy_plugin", BuggyComponents(fail_in))])
+    with pytest.raises(PluginError, match=expected) as error:
+        run_schedule(write_schedule(tmp_path, schedule), out=tmp_path / "run", quiet=True, plugins=plugins)
+    assert "bug in that plugin, not in kdframe" in str(error.value)
