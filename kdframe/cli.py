@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         "validate",
         help="check a schedule without training",
         description="Check a schedule as 'kdframe run' would (structure, component params, stage plan, "
-        "data, models, checkpoints, layers), print the stages it would run, and train nothing.",
+        "data, models, checkpoints, layers, and one dry training step of every stage on two samples), "
+        "print the stages it would run, and train nothing.",
     )
     validate.add_argument("schedule", metavar="SCHEDULE.json", help="the schedule file")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)

@@ -23,7 +23,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
-from kdframe import checkpoints, distributed, folders, teacher_cache
+from kdframe import checkpoints, distributed, dry_step, folders, teacher_cache
 from kdframe.curriculum import StagePlan, make_curriculum, plan_stages, snapshot_key, split_snapshot
 from kdframe.ensemble import SoftmaxEnsemble
 from kdframe.data import AnyDataset, InMemoryDataset, StreamingDataset
@@ -119,6 +119,8 @@ def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, A
         setup.info = dataclasses.replace(setup.info, index=index)
     experiment.setups = setups
     teacher_cache.check_settings(schedule, setups, data)
+    for setup in setups:  # a broken loss fails now, not after the stages before it have trained
+        dry_step.check_step(setup, data)
     return experiment
 
 

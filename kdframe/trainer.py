@@ -174,6 +174,25 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, 
     return 100.0 * correct / count, loss_sum / count
 
 
+def term_value(weighted: WeightedTerm, weight: float, outputs: StepOutputs, pretraining: bool) -> Tensor:
+    """One term's value for a batch: its pre-training loss in a pre-training phase, else its
+    forward (skipped, as a zero, while its weight is 0: a warm-up's start, AB after its phase).
+    An exception from the term's own code is reported as its plugin's bug."""
+    try:
+        if pretraining:
+            return weighted.term.pretrain_loss(outputs)
+        if weight == 0:
+            return outputs.student.logits.new_zeros(())
+        return weighted.term(outputs)
+    except (KdframeError, MemoryError):
+        raise
+    except Exception as error:
+        if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+            raise
+        action = "pretrain_loss()" if pretraining else "forward()"
+        raise plugin_bug("loss term", weighted.name, weighted.provider, action, error) from error
+
+
 class Trainer:
     """Trains one stage; ``hook`` is the plugin manager's hook relay."""
 
@@ -543,25 +562,6 @@ class Trainer:
         else:
             optimizer.step()
 
-    @staticmethod
-    def _term_value(weighted: WeightedTerm, weight: float, outputs: StepOutputs, pretraining: bool) -> Tensor:
-        """One term's value for a batch: its pre-training loss in a pre-training phase, else its
-        forward (skipped, as a zero, while its weight is 0: a warm-up's start, AB after its phase).
-        An exception from the term's own code is reported as its plugin's bug."""
-        try:
-            if pretraining:
-                return weighted.term.pretrain_loss(outputs)
-            if weight == 0:
-                return outputs.student.logits.new_zeros(())
-            return weighted.term(outputs)
-        except (KdframeError, MemoryError):
-            raise
-        except Exception as error:
-            if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
-                raise
-            action = "pretrain_loss()" if pretraining else "forward()"
-            raise plugin_bug("loss term", weighted.name, weighted.provider, action, error) from error
-
     def _evaluate(self, model: nn.Module) -> tuple[float, float]:
         """Test accuracy (percent) and mean loss; with several processes each evaluates a share."""
         config = self.setup.training
@@ -627,7 +627,7 @@ class Trainer:
                 indices,
                 teacher_weights,
             )
-            values = [self._term_value(weighted, weight, outputs, pretraining) for weighted, weight in zip(setup.terms, weights)]
+            values = [term_value(weighted, weight, outputs, pretraining) for weighted, weight in zip(setup.terms, weights)]
             total = sum((weight * value for weight, value in zip(weights, values)), torch.zeros((), device=logits.device))
             detached = torch.stack([value.detach().float() for value in values]).cpu().double()
             detached = self.dist.mean(detached)  # the global batch's values, the same on every rank

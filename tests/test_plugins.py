@@ -428,3 +428,46 @@ def test_an_exception_in_a_components_own_code_names_its_plugin(tmp_path, fail_i
     with pytest.raises(PluginError, match=expected) as error:
         run_schedule(write_schedule(tmp_path, schedule), out=tmp_path / "run", quiet=True, plugins=plugins)
     assert "bug in that plugin, not in kdframe" in str(error.value)
+
+
+def test_validate_runs_a_dry_step_so_a_late_stages_broken_loss_fails_before_training(tmp_path) -> None:
+    from kdframe.runner import load_schedule, prepare
+
+    schedule = tiny_schedule(**{"logging.loggers": []})  # teacher -> assistant -> student
+    schedule["distill"] = {"losses": [{"name": "hinton_kd"}, {"name": "buggy"}]}
+    path = write_schedule(tmp_path, schedule)
+    plugins = create_plugins(plugins=[("buggy_plugin", BuggyComponents("forward"))])
+    loaded, plugins, resolved = load_schedule(path, plugins=plugins)
+    with pytest.raises(PluginError, match=r"Loss term 'buggy' .* failed in forward\(\)"):
+        prepare(loaded, plugins, resolved)  # what 'kdframe validate' and 'kdframe run' do first
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_dry_step_changes_nothing_it_checks(tmp_path) -> None:
+    import torch
+
+    from kdframe import dry_step
+    from kdframe.checkpoints import payload_digest
+    from kdframe.runner import load_schedule, prepare
+
+    schedule = tiny_schedule(**{"logging.loggers": []})
+    schedule["distill"] = {
+        "losses": [
+            {"name": "hinton_kd"},
+            {"name": "fitnet", "weight": 0.5, "params": {"layers": [{"student": "features.0", "teacher": "features.0"}]}},
+            {"name": "crd", "weight": 0.8, "params": {"nce_k": 16, "layers": [{"student": "features.1", "teacher": "features.2"}]}},
+        ]
+    }
+    loaded, plugins, resolved = load_schedule(write_schedule(tmp_path, schedule))
+    experiment = prepare(loaded, plugins, resolved)
+    setup = experiment.setups[-1]
+    modules = [setup.student, *setup.teachers, *(w.term for w in setup.terms)]
+    before = [payload_digest(module.state_dict()) for module in modules]  # every tensor and value
+    modes = [module.training for module in modules]
+    generator = torch.get_rng_state()
+    dry_step.check_step(setup, experiment.data)
+    assert [payload_digest(module.state_dict()) for module in modules] == before
+    for module in modules:
+        assert all(parameter.grad is None for parameter in module.parameters())
+    assert [module.training for module in modules] == modes
+    assert torch.equal(torch.get_rng_state(), generator)

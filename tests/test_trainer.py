@@ -302,7 +302,9 @@ def test_terms_get_epochs_indices_logits_tap_and_scheduled_weights(tmp_path) -> 
     recorder = HookRecorder()
     _run(tmp_path, schedule, ("probe", ProbePlugin()), ("recorder", recorder))
     assert ProbeLoss.seen[0] == {"build": torch.Size([2, 4]), "samples": 128}
-    steps = ProbeLoss.seen[1:]
+    # Before training, one dry step (on copies) checks the term on the first two samples.
+    dry_step, steps = ProbeLoss.seen[1], ProbeLoss.seen[2:]
+    assert dry_step["epoch"] == 0 and dry_step["indices"].tolist() == [0, 1]
     assert {s["epoch"] for s in steps} == {0, 1, 2} and {s["epochs"] for s in steps} == {3}
     first_epoch = torch.cat([s["indices"] for s in steps if s["epoch"] == 0])
     assert sorted(first_epoch.tolist()) == list(range(128))

@@ -1,0 +1,93 @@
+"""One dry training step of every stage before anything trains, so a broken loss fails in seconds.
+
+``kdframe run`` and ``kdframe validate`` build every stage and then, for each stage that trains, run
+one step on two training samples: the teachers' and the student's forward passes, every loss term
+(also those whose weight is 0 at the first epoch) and the backward pass, without an optimizer step.
+An exception from a term's own code is reported as its plugin's bug
+(:func:`kdframe.registry.plugin_bug`). The step runs on copies of the student, the teachers and the
+terms, and the global random generators are put back afterwards, so training is exactly the same as
+without the check (BatchNorm statistics, memory banks, a term's own counters are never touched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from kdframe.data import AnyDataset, InMemoryDataset
+from kdframe.errors import TrainingError
+from kdframe.losses import ModelOutputs, StepOutputs
+from kdframe.resume import rng_state, set_rng_state
+from kdframe.trainer import StageSetup, term_value
+
+#: Training samples of the dry step (two, so that BatchNorm in training mode has a batch).
+SAMPLES = 2
+
+
+def sample_batch(data: AnyDataset, count: int = SAMPLES) -> tuple[Tensor, Tensor, Tensor]:
+    """The first ``count`` training samples, untransformed: ``(images, labels, indices)``."""
+    count = min(count, data.train_count)
+    if isinstance(data, InMemoryDataset):
+        return data.train_images[:count], data.train_labels[:count], torch.arange(count)
+    samples = [data.train[index] for index in range(count)]
+    labels = torch.tensor([int(label) for _, label in samples], dtype=torch.int64)
+    return torch.stack([image for image, _ in samples]), labels, torch.arange(count)
+
+
+@contextlib.contextmanager
+def global_generators_kept() -> Iterator[None]:
+    """Within the block the global random generators may be used; afterwards they are as before."""
+    generators = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(generators)
+
+
+def check_step(setup: StageSetup, data: AnyDataset) -> None:
+    """Run one dry step of ``setup`` (see the module's docs); raise on a term that fails."""
+    if setup.phase == "ensemble" or not setup.terms:
+        return
+    images, labels, indices = sample_batch(data)
+    pretraining = setup.phase == "pretrain"
+    # Copies, taken together so that terms holding student modules keep holding the copied ones: the
+    # real models and terms (Python state included) are never touched. The copied modules keep the
+    # forward hooks of the stage's feature taps, which record into the taps as in training.
+    student, teachers, terms = copy.deepcopy((setup.student, setup.teachers, [w.term for w in setup.terms]))
+    weighted = [replace(w, term=term) for w, term in zip(setup.terms, terms)]
+    with global_generators_kept():
+        student.train(not pretraining or any(term.pretrain_trains_student for term in terms))
+        for term in terms:
+            term.train()
+        teacher_outputs = []
+        with torch.no_grad():
+            for index, teacher in enumerate(teachers):
+                teacher.eval()
+                logits = teacher(images)
+                tap = setup.teacher_tap if index == 0 else None
+                teacher_outputs.append(ModelOutputs(logits, tap.take() if tap else {}))
+        logits = student(images)
+        features = setup.student_tap.take() if setup.student_tap else {}
+        outputs = StepOutputs(
+            ModelOutputs(logits, features), teacher_outputs, labels, 0, setup.training.epochs, indices,
+            setup.teacher_weights,
+        )
+        # Weight 1 for every term: one whose weight starts at 0 (a warm-up) is checked too.
+        values = [term_value(term, 1.0, outputs, pretraining) for term in weighted]
+        total = sum((value for value in values if value.requires_grad), logits.new_zeros(()))
+        if total.requires_grad:
+            try:
+                total.backward()
+            except RuntimeError as error:
+                first_line = (str(error).strip().splitlines() or [""])[0][:300]
+                raise TrainingError(
+                    f"Stage '{setup.info.name}': the backward pass of its loss terms "
+                    f"({', '.join(w.name for w in setup.terms)}) fails on a first batch: {first_line}. A "
+                    "term's forward probably changes a tensor in place that autograd needs; report it to "
+                    "the term's plugin."
+                ) from error
