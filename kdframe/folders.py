@@ -71,7 +71,8 @@ def remove_leftovers(folder: Path, *, recursive: bool = False) -> list[Path]:
     """Delete kdframe's own temporary files and write probes in ``folder`` (and, with ``recursive``,
     in every folder below it, links not followed); return what was removed. The lock file stays."""
     removed = []
-    for root, _, names in os.walk(folder) if recursive else [(str(folder), [], _names(folder))]:
+    places = os.walk(folder) if recursive else [(str(folder), [], _names(folder))]
+    for root, _, names in places:
         for name in names:
             path = Path(root) / name
             if name != LOCK_FILE and is_leftover(name) and path.is_file() and not path.is_symlink():

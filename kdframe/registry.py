@@ -234,10 +234,8 @@ class Registry:
         is not a bug and passes through."""
         try:
             yield
-        except (KdframeError, MemoryError):
-            raise
         except Exception as error:
-            if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+            if not is_plugin_bug(error):
                 raise
             raise plugin_bug(kind, name, self.get(kind, name).provider.describe(), action, error) from error
 
@@ -258,6 +256,13 @@ class Registry:
             for name in sorted(self.components[each]):
                 if fnmatch.fnmatchcase(name, pattern):
                     yield self.components[each][name]
+
+
+def is_plugin_bug(error: BaseException) -> bool:
+    """Whether an exception from a component's own code is that component's bug: anything but a
+    :class:`~kdframe.errors.KdframeError` (the component's own message about the input) and running
+    out of memory (``MemoryError``, ``torch.OutOfMemoryError``)."""
+    return not isinstance(error, (KdframeError, MemoryError)) and type(error).__name__ != "OutOfMemoryError"
 
 
 def plugin_bug(kind: str, name: str, provider: str, action: str, error: BaseException) -> PluginError:

@@ -24,7 +24,7 @@ from kdframe.data import AnyDataset, InMemoryDataset, batches_per_epoch, eval_ba
 from kdframe.errors import KdframeError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
-from kdframe.registry import plugin_bug
+from kdframe.registry import is_plugin_bug, plugin_bug
 from kdframe.schedule import AdamConfig, LRScheduleConfig, SGDConfig, TrainingConfig
 from kdframe.seeding import derived_seed
 from kdframe.state import Control, RunInfo, StageInfo, TrainState
@@ -184,10 +184,8 @@ def term_value(weighted: WeightedTerm, weight: float, outputs: StepOutputs, pret
         if weight == 0:
             return outputs.student.logits.new_zeros(())
         return weighted.term(outputs)
-    except (KdframeError, MemoryError):
-        raise
     except Exception as error:
-        if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+        if not is_plugin_bug(error):
             raise
         action = "pretrain_loss()" if pretraining else "forward()"
         raise plugin_bug("loss term", weighted.name, weighted.provider, action, error) from error
