@@ -40,6 +40,7 @@ from kdframe.registry import (
     NoParams,
     Params,
 )
+from kdframe.teacher_policy import TeacherBatch, TeacherPolicy, TeacherSelection
 from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
 from kdframe.schedule import LossConfig, ModelConfig, Schedule
 from kdframe.value_schedule import ScheduledFloat, ValueSchedule, describe_value, value_at, value_range
@@ -91,6 +92,9 @@ __all__ = [
     "StorageError",
     "StreamingDataset",
     "suggest",
+    "TeacherBatch",
+    "TeacherPolicy",
+    "TeacherSelection",
     "teacher_stages",
     "TrainingError",
     "TrainState",

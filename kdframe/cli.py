@@ -177,6 +177,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from kdframe.runner import load_schedule, prepare
+    from kdframe.stage_kinds import PRETRAIN
     from kdframe.value_schedule import describe_value
 
     schedule, plugins, resolved_schedule = load_schedule(args.schedule, args.overrides)
@@ -188,7 +189,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for setup in experiment.setups:
         info = setup.info
         teachers = ", ".join(info.teachers) if info.teachers else "labels only"
-        if setup.phase == "pretrain":
+        if setup.kind == PRETRAIN:
             terms = " + ".join(f"{w.name} (pre-training phase)" for w in setup.terms)
         else:
             terms = " + ".join(f"{describe_value(w.weight)}*{w.name}" for w in setup.terms)

@@ -9,20 +9,27 @@ terms. The core checks every plan with :func:`check_plan` before training starts
 * every teacher either has a checkpoint or is trained by an earlier stage;
 * a model that has a checkpoint is not trained again;
 * terms that need a teacher are not used in a stage without one;
-* a teacher named ``model@N`` (the snapshot of ``model`` after its N-th epoch, as for
-  early-stopped teachers) is kept by the earlier stage that trains ``model``;
-* an ``ensemble`` stage evaluates models that already exist, and trains nothing.
+* a teacher named ``model@N`` (the snapshot of ``model`` after its N-th epoch) is kept by the
+  earlier stage that trains ``model``;
+* a stage that starts from another model's weights (``init_from``) names one of the same
+  architecture and params that exists by then;
+* a stage's teacher policy accepts its teachers (:meth:`TeacherPolicy.check`);
+* an ``evaluate`` stage builds its model from models that already exist, and trains nothing.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+
+from torch import nn
 
 from kdframe.errors import ScheduleError
 from kdframe.registry import Registry
 from kdframe.schedule import LossConfig, ModelConfig, Schedule, component_params
+from kdframe.stage_kinds import EVALUATE, PlannedKind, planned_name
+from kdframe.teacher_policy import TeacherPolicy
 
 SNAPSHOT_SEPARATOR = "@"
 
@@ -45,27 +52,36 @@ class StagePlan:
     """One stage: train ``student`` with ``losses``, taught by ``teachers`` (schedule model keys).
 
     Attributes:
-        student: The model the stage trains (for an ``ensemble`` stage: the name of its result row).
-        teachers: The models that teach it (``model@N`` names a snapshot); for an ``ensemble`` stage,
-            its members.
+        student: The model the stage trains (for an ``evaluate`` stage: the name of its result row,
+            which must not be a model's name).
+        teachers: The models that teach it (``model@N`` names a snapshot); for an ``evaluate``
+            stage, the models its model is built from.
         losses: The loss terms.
         name: The stage's name; defaults to the student's key. Per-stage training overrides
             (``training.stages``) use it.
-        kind: ``train``, or ``ensemble`` to evaluate the mean of the members' softmax outputs.
-        snapshots: 1-based epochs after which a copy of the student is kept as ``student@N``.
-        teacher_dropout: Probability that each teacher but the first is left out of a batch
-            (densely guided KD); the first teacher, the one feature and relation terms tap, always stays.
-        teacher_weights: Relative weights of the teachers for terms that combine them; empty: equal.
+        kind: ``train``, or ``evaluate`` to only evaluate the model ``build`` returns.
+        snapshots: 1-based epochs after which a copy of the student is kept as ``student@N`` (for
+            later stages to learn from or start from) and saved as ``epoch-N.pt``.
+        teacher_policy: Decides per batch which teachers teach and with what weights
+            (:class:`~kdframe.teacher_policy.TeacherPolicy`); ``None``: all, equally.
+        init_from: A model (or ``model@N`` snapshot) of the same architecture and params whose
+            weights the student starts from, trained by an earlier stage or loaded from a
+            checkpoint; ``None``: the student's own initial weights.
+        build: For an ``evaluate`` stage: builds the model to evaluate from the ``teachers``'
+            modules, in order (e.g. an ensemble of them).
+        arch: For an ``evaluate`` stage: what its model is, shown as the result row's ``arch``.
     """
 
     student: str
     teachers: tuple[str, ...]
     losses: tuple[LossConfig, ...]
     name: str = ""
-    kind: Literal["train", "ensemble"] = "train"
+    kind: PlannedKind = "train"
     snapshots: tuple[int, ...] = ()
-    teacher_dropout: float = 0.0
-    teacher_weights: tuple[float, ...] = ()
+    teacher_policy: TeacherPolicy | None = None
+    init_from: str | None = None
+    build: Callable[[Sequence[nn.Module]], nn.Module] | None = None
+    arch: str = ""
 
     @property
     def stage_name(self) -> str:
@@ -158,8 +174,8 @@ def check_plan(schedule: Schedule, stages: list[StagePlan], registry: Registry, 
         if stage.stage_name in seen_names:
             problems.append(f"{label}: a second stage with this name")
         seen_names.add(stage.stage_name)
-        if stage.kind == "ensemble":
-            problems += _check_ensemble(schedule, stage, label, trained)
+        if stage.kind == EVALUATE:
+            problems += _check_evaluate(schedule, stage, label, trained)
             continue
         for key in (stage.student, *stage.teachers):
             model, epoch = split_snapshot(key)
@@ -192,17 +208,14 @@ def check_plan(schedule: Schedule, stages: list[StagePlan], registry: Registry, 
         for epoch in stage.snapshots:
             if not 1 <= epoch <= training.epochs:
                 problems.append(f"{label}: snapshot epoch {epoch} is outside the stage's 1..{training.epochs} epochs")
-        if not 0.0 <= stage.teacher_dropout < 1.0:
-            problems.append(f"{label}: teacher_dropout {stage.teacher_dropout} must be in [0, 1)")
-        if stage.teacher_weights and (
-            len(stage.teacher_weights) != len(stage.teachers)
-            or min(stage.teacher_weights) < 0
-            or sum(stage.teacher_weights) <= 0
-        ):
-            problems.append(
-                f"{label}: teacher_weights {list(stage.teacher_weights)} must be one non-negative weight "
-                f"per teacher ({len(stage.teachers)}), not all zero"
-            )
+        if stage.teacher_policy is not None:
+            if not stage.teachers:
+                problems.append(f"{label}: a teacher policy without teachers")
+            else:
+                with registry.component_code("curriculum", curriculum, "its teacher policy's check()"):
+                    problems += [f"{label}: {problem}" for problem in stage.teacher_policy.check(stage.teachers)]
+        if stage.init_from is not None:
+            problems += _check_init_from(schedule, stage, label, trained, registry)
         if not stage.teachers:
             for loss in stage.losses:
                 if loss.name in registry.components["loss"] and _needs_teacher(registry, loss):
@@ -212,8 +225,7 @@ def check_plan(schedule: Schedule, stages: list[StagePlan], registry: Registry, 
                     )
         trained[stage.student] = stage
     for override in schedule.training.stages:
-        # '<stage>-pretrain' names the pre-training phase a loss term may add before a stage.
-        if override not in seen_names and override.removesuffix("-pretrain") not in seen_names:
+        if planned_name(override) not in seen_names:
             problems.append(
                 f"training.stages.{override}: no stage has this name (stages: {', '.join(s.stage_name for s in stages)})"
             )
@@ -222,19 +234,62 @@ def check_plan(schedule: Schedule, stages: list[StagePlan], registry: Registry, 
         raise ScheduleError(f"Curriculum '{curriculum}' cannot run this schedule:\n{listing}")
 
 
-def _check_ensemble(schedule: Schedule, stage: StagePlan, label: str, trained: dict[str, StagePlan]) -> list[str]:
+def _exists_by_then(schedule: Schedule, key: str, trained: dict[str, StagePlan]) -> str | None:
+    """Why ``key`` (a model or ``model@N``) does not exist before the current stage, or ``None``."""
+    model, epoch = split_snapshot(key)
+    config = schedule.models.get(model)
+    if config is None:
+        return f"'{model}' is not in models"
+    if epoch is not None:
+        if model not in trained or epoch not in trained[model].snapshots:
+            return f"'{key}' is a snapshot of '{model}' after epoch {epoch}, but no earlier stage trains that model and keeps that snapshot"
+        return None
+    if config.checkpoint is None and model not in trained:
+        return f"'{model}' has no checkpoint and no earlier stage trains it"
+    return None
+
+
+def _check_evaluate(schedule: Schedule, stage: StagePlan, label: str, trained: dict[str, StagePlan]) -> list[str]:
     problems = []
-    if len(stage.teachers) < 2:
-        problems.append(f"{label}: an ensemble needs at least two members")
+    if stage.build is None:
+        problems.append(f"{label}: an evaluate stage needs 'build', the function that builds its model")
+    if not stage.teachers:
+        problems.append(f"{label}: an evaluate stage needs the models its model is built from (teachers)")
     if stage.student in schedule.models:
-        problems.append(f"{label}: the ensemble's name '{stage.student}' is already a model's name")
+        problems.append(f"{label}: the stage's result name '{stage.student}' is already a model's name")
     for member in stage.teachers:
-        config = schedule.models.get(member)
-        if config is None:
-            problems.append(f"{label}: ensemble member '{member}' is not in models")
-        elif config.checkpoint is None and member not in trained:
-            problems.append(f"{label}: ensemble member '{member}' has no checkpoint and no earlier stage trains it")
+        reason = _exists_by_then(schedule, member, trained)
+        if reason is not None:
+            problems.append(f"{label}: model {reason}")
     return problems
+
+
+def _check_init_from(
+    schedule: Schedule, stage: StagePlan, label: str, trained: dict[str, StagePlan], registry: Registry
+) -> list[str]:
+    source = stage.init_from or ""
+    model = split_snapshot(source)[0]
+    if model == stage.student:
+        return [f"{label}: init_from '{source}' is the stage's own student"]
+    reason = _exists_by_then(schedule, source, trained)
+    if reason is not None:
+        return [f"{label}: init_from {reason}"]
+    student, origin = schedule.models.get(stage.student), schedule.models[model]
+    if student is not None and _resolved(registry, student) != _resolved(registry, origin):
+        return [
+            f"{label}: init_from '{source}' is a '{origin.arch}' with params {origin.params}, but the "
+            f"student '{stage.student}' is a '{student.arch}' with params {student.params}; a stage can "
+            "only start from a model of the same architecture and params"
+        ]
+    return []
+
+
+def _resolved(registry: Registry, config: ModelConfig) -> tuple[str, dict[str, object]]:
+    """A model's architecture and params with defaults filled in (so ``{}`` equals the defaults)."""
+    if config.arch not in registry.components["model"]:
+        return config.arch, dict(config.params)
+    params = component_params(registry, "model", config.arch, config.params, "")
+    return config.arch, params.model_dump(mode="json")
 
 
 def _needs_teacher(registry: Registry, loss: LossConfig) -> bool:

@@ -23,6 +23,8 @@ from kdframe.data import AnyDataset, InMemoryDataset
 from kdframe.errors import TrainingError
 from kdframe.losses import ModelOutputs, StepOutputs
 from kdframe.resume import rng_state, set_rng_state
+from kdframe.stage_kinds import PRETRAIN, trains
+from kdframe.teacher_policy import TeacherBatch, all_teachers, run_reweigh, run_select
 from kdframe.trainer import StageSetup, term_value
 
 #: Training samples of the dry step (two, so that BatchNorm in training mode has a batch).
@@ -51,22 +53,29 @@ def global_generators_kept() -> Iterator[None]:
 
 def check_step(setup: StageSetup, data: AnyDataset) -> None:
     """Run one dry step of ``setup`` (see the module's docs); raise on a term that fails."""
-    if setup.phase == "ensemble" or not setup.terms:
+    if not trains(setup.kind) or not setup.terms:
         return
     images, labels, indices = sample_batch(data)
-    pretraining = setup.phase == "pretrain"
+    pretraining = setup.kind == PRETRAIN
     # Copies, taken together so that terms holding student modules keep holding the copied ones: the
     # real models and terms (Python state included) are never touched. The copied modules keep the
     # forward hooks of the stage's feature taps, which record into the taps as in training.
-    student, teachers, terms = copy.deepcopy((setup.student, setup.teachers, [w.term for w in setup.terms]))
+    student, teachers, terms, policy = copy.deepcopy(
+        (setup.student, setup.teachers, [w.term for w in setup.terms], setup.teacher_policy)
+    )
     weighted = [replace(w, term=term) for w, term in zip(setup.terms, terms)]
     with global_generators_kept():
         student.train(not pretraining or any(term.pretrain_trains_student for term in terms))
         for term in terms:
             term.train()
+        selection = all_teachers(len(teachers))
+        if policy is not None:
+            context = TeacherBatch(0, setup.training.epochs, 0, 0, setup.info.teachers, torch.Generator().manual_seed(0))
+            selection = run_select(policy, context, setup.policy_provider)
         teacher_outputs = []
         with torch.no_grad():
-            for index, teacher in enumerate(teachers):
+            for index in selection.indices:
+                teacher = teachers[index]
                 teacher.eval()
                 logits = teacher(images)
                 tap = setup.teacher_tap if index == 0 else None
@@ -75,8 +84,10 @@ def check_step(setup: StageSetup, data: AnyDataset) -> None:
         features = setup.student_tap.take() if setup.student_tap else {}
         outputs = StepOutputs(
             ModelOutputs(logits, features), teacher_outputs, labels, 0, setup.training.epochs, indices,
-            setup.teacher_weights,
+            selection.weights,
         )
+        if policy is not None:
+            outputs.teacher_weights = run_reweigh(policy, selection, outputs, setup.policy_provider)
         # Weight 1 for every term: one whose weight starts at 0 (a warm-up) is checked too.
         values = [term_value(term, 1.0, outputs, pretraining) for term in weighted]
         total = sum((value for value in values if value.requires_grad), logits.new_zeros(()))

@@ -16,8 +16,8 @@ Two groups of hooks:
         kdframe_on_stage_end
       kdframe_on_run_end                       (unless an error ended the run)
 
-  A stage that only evaluates (an ensemble) gets ``kdframe_on_stage_start``, one
-  ``kdframe_on_eval_end`` and ``kdframe_on_stage_end``. ``kdframe_on_exception`` is called instead
+  An ``evaluate`` stage (e.g. an ensemble), which only evaluates, gets ``kdframe_on_stage_start``,
+  one ``kdframe_on_eval_end`` and ``kdframe_on_stage_end``. ``kdframe_on_exception`` is called instead
   of the remaining events when an error ends the run. Event hooks get plain, serialisable state
   (:mod:`kdframe.state`) and a :class:`~kdframe.state.Control`; they return nothing and must not
   reach into the trainer.
@@ -209,7 +209,7 @@ def kdframe_on_eval_end(run: RunInfo, stage: StageInfo, state: TrainState, contr
     """The student has been evaluated.
 
     Called after the student is evaluated on the test split at the end of every epoch (and once for
-    a stage that only evaluates, such as an ensemble).
+    an ``evaluate`` stage, which only evaluates).
 
     Args:
         run: The run.

@@ -8,13 +8,12 @@ and every loss term's layers and adapters (built from a dry run). Only then is t
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,8 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
-from kdframe import checkpoints, distributed, dry_step, folders, teacher_cache
-from kdframe.curriculum import StagePlan, make_curriculum, plan_stages, snapshot_key, split_snapshot
-from kdframe.ensemble import SoftmaxEnsemble
+from kdframe import checkpoints, distributed, dry_step, folders, snapshots, teacher_cache
+from kdframe.curriculum import StagePlan, make_curriculum, plan_stages
 from kdframe.data import AnyDataset, InMemoryDataset, StreamingDataset
 from kdframe.errors import ComponentError, DataError, KdframeError, PluginError, ResumeError, RunFolderError, TrainingError
 from kdframe.features import FeatureTap
@@ -46,6 +44,7 @@ from kdframe.schedule import (
     validate_components,
 )
 from kdframe.seeding import derived_seed, seed_everything
+from kdframe.stage_kinds import EVALUATE, PRETRAIN, pretrain_name, trains
 from kdframe.state import Control, RunInfo, StageInfo, StageResult
 from kdframe.trainer import StageSetup, Trainer, WeightedTerm
 
@@ -107,12 +106,7 @@ def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, A
     seed_everything(schedule.seed)
     data = load_data(schedule, plugins)
     models = build_models(schedule, plugins, data)
-    # A snapshot teacher ('model@N') is a copy of its model, loaded with the snapshot when it is taken.
-    for plan in stages:
-        for key in plan.teachers:
-            model, epoch = split_snapshot(key)
-            if epoch is not None and key not in models:
-                models[key] = copy.deepcopy(models[model])
+    snapshots.add_copies(stages, models)
     experiment = Experiment(schedule, resolved_schedule, plugins, data, models, stages)
     setups = [setup for plan in stages for setup in build_stage(experiment, plan)]
     for index, setup in enumerate(setups):
@@ -183,8 +177,8 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
     Returns the stage's setup, preceded by a pre-training phase when one of its terms declares one.
     """
     schedule, registry = experiment.schedule, experiment.plugins.registry
-    if plan.kind == "ensemble":
-        return [ensemble_stage(experiment, plan)]
+    if plan.kind == EVALUATE:
+        return [evaluate_stage(experiment, plan)]
     student = experiment.models[plan.student]
     teachers = [experiment.models[key] for key in plan.teachers]
     labels = _term_labels([loss.name for loss in plan.losses])
@@ -244,19 +238,22 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
         folder="",
     )
     setups = []
+    provider = f"curriculum '{schedule.curriculum.name}' ({registry.get('curriculum', schedule.curriculum.name).provider.describe()})"
     pretraining = [weighted for weighted in terms if weighted.term.pretrain_epochs > 0]
     if pretraining:
         epochs = max(weighted.term.pretrain_epochs for weighted in pretraining)
-        name = f"{plan.stage_name}-pretrain"
+        name = pretrain_name(plan.stage_name)
         pre_training = schedule.training.for_stage(name).model_copy(update={"epochs": epochs})
         pre_info = dataclasses.replace(
             info,
             name=name,
             epochs=epochs,
-            losses=tuple({"name": w.name, "phase": "pretrain"} for w in pretraining),
-            hparams={**info.hparams, "epochs": epochs, "phase": "pretrain"},
+            losses=tuple({"name": w.name, "phase": PRETRAIN} for w in pretraining),
+            hparams={**info.hparams, "epochs": epochs, "phase": PRETRAIN},
         )
-        setups.append(StageSetup(pre_info, student, teachers, pretraining, student_tap, teacher_tap, pre_training, "pretrain"))
+        setups.append(
+            StageSetup(pre_info, student, teachers, pretraining, student_tap, teacher_tap, pre_training, PRETRAIN, init_from=plan.init_from)
+        )
     setups.append(
         StageSetup(
             info,
@@ -267,30 +264,36 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
             teacher_tap,
             training,
             snapshots=plan.snapshots,
-            teacher_dropout=plan.teacher_dropout,
-            teacher_weights=plan.teacher_weights,
+            teacher_policy=plan.teacher_policy,
+            policy_provider=provider,
+            init_from=None if pretraining else plan.init_from,  # the pre-training phase starts from it
         )
     )
     return setups
 
 
-def ensemble_stage(experiment: Experiment, plan: StagePlan) -> StageSetup:
-    """A stage that evaluates the mean softmax of already trained models."""
-    schedule = experiment.schedule
-    members = [experiment.models[key] for key in plan.teachers]
+def evaluate_stage(experiment: Experiment, plan: StagePlan) -> StageSetup:
+    """A stage that only evaluates the model the curriculum builds from existing models."""
+    schedule, registry = experiment.schedule, experiment.plugins.registry
+    inputs = [experiment.models[key] for key in plan.teachers]
+    assert plan.build is not None  # check_plan refuses an evaluate stage without one
+    with registry.component_code("curriculum", schedule.curriculum.name, f"build() of stage '{plan.stage_name}'"):
+        model = plan.build(inputs)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"build() returned {type(model).__name__}, not a torch.nn.Module")
     training = schedule.training.for_stage(plan.stage_name)
     info = StageInfo(
         index=0,
         name=plan.stage_name,
         student=plan.student,
-        arch="ensemble",
+        arch=plan.arch or type(model).__name__,
         teachers=tuple(plan.teachers),
         epochs=0,
         losses=(),
         hparams={"members": ",".join(plan.teachers), "dataset": schedule.data.dataset, "seed": schedule.seed},
         folder="",
     )
-    return StageSetup(info, SoftmaxEnsemble(members), members, [], None, None, training, phase="ensemble")
+    return StageSetup(info, model, inputs, [], None, None, training, kind=EVALUATE)
 
 
 def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any) -> dict[str, Any]:
@@ -430,7 +433,7 @@ def run_stage(
     resume: bool = False,
     stop_requested: Callable[[], str | None] = lambda: None,
 ) -> tuple[StageResult, bool]:
-    """Train (or, for an ensemble, evaluate) one stage, save its student and snapshots; return its
+    """Train (or, for an evaluate stage, evaluate) one stage, save its student and snapshots; return its
     result and whether a hook asked to stop the run.
 
     The global random generators are seeded from the run's seed and the stage's name, so a stage
@@ -442,13 +445,15 @@ def run_stage(
     stage_folder = Path(setup.info.folder)
     stage_folder.mkdir(parents=True, exist_ok=True)
     seed_everything(derived_seed(schedule.seed, f"stage:{setup.info.name}"))
-    saved = load_stage_state(stage_folder, setup.info.name) if resume and setup.phase != "ensemble" else None
+    saved = load_stage_state(stage_folder, setup.info.name) if resume and trains(setup.kind) else None
     if saved is not None:
         set_rng_state(saved["rng"])
         restore_plugin_state(plugins, run, setup.info, saved["plugins"])
+    elif setup.init_from is not None:  # start from another model's weights (a saved state has its own)
+        setup.student.load_state_dict(experiment.models[setup.init_from].state_dict())
     key = setup.info.student
     save: Any = None
-    if setup.phase != "ensemble":
+    if trains(setup.kind):
         model_config = schedule.models[key]
         params = component_params(plugins.registry, "model", model_config.arch, model_config.params, "")
 
@@ -460,19 +465,17 @@ def run_stage(
     taken: set[int] = set()
 
     def snapshot(model: nn.Module, epoch: int) -> Path:
-        path = stage_folder / f"epoch-{epoch}.pt"
+        path = snapshots.snapshot_file(stage_folder, epoch)
         save(path, model)
-        copy_key = snapshot_key(key, epoch)
-        if copy_key in experiment.models:  # a later stage learns from this snapshot
-            experiment.models[copy_key].load_state_dict(model.state_dict())
+        snapshots.keep(experiment.models, key, epoch, model)
         taken.add(epoch)
         return path
 
     if saved is not None:
-        # Snapshots taken before the interruption: reload the copies later stages learn from.
+        # Snapshots taken before the interruption: reload the copies later stages use.
         done = saved["trainer"]["epochs_done"]
-        present = [e for e in setup.snapshots if e <= done and (stage_folder / f"epoch-{e}.pt").is_file()]
-        reload_snapshots(experiment, setup, present)
+        present = [e for e in setup.snapshots if e <= done and snapshots.snapshot_file(stage_folder, e).is_file()]
+        snapshots.reload(experiment.models, stage_folder, key, present)
         taken.update(present)
 
     def save_state(trainer_state: dict[str, Any]) -> None:
@@ -490,7 +493,7 @@ def run_stage(
         eval_batch_size=schedule.data.eval_batch_size,
         seed=schedule.seed,
         save_snapshot=snapshot,
-        save_state=save_state if setup.phase != "ensemble" else None,
+        save_state=save_state if trains(setup.kind) else None,
         resume_state=saved["trainer"] if saved is not None else None,
         stop_requested=stop_requested,
         num_workers=schedule.data.num_workers,
@@ -528,7 +531,7 @@ def restore_finished_stage(experiment: Experiment, setup: StageSetup) -> None:
     """Load what a stage that finished before an interruption left: its student (``student.pt``),
     its loss terms' modules (``state.pt``) and its snapshots, for the stages that follow."""
     stage_folder = Path(setup.info.folder)
-    if setup.phase == "ensemble":
+    if not trains(setup.kind):
         return
     key = setup.info.student
     label = f"model '{key}' (stage '{setup.info.name}')"
@@ -537,20 +540,10 @@ def restore_finished_stage(experiment: Experiment, setup: StageSetup) -> None:
     if saved is not None:
         for weighted in setup.terms:
             weighted.term.load_state_dict(saved["trainer"]["terms"][weighted.name])
-    if setup.phase == "pretrain":
+    if setup.kind == PRETRAIN:
         for weighted in setup.terms:
             weighted.term.end_pretraining()
-    reload_snapshots(experiment, setup, setup.snapshots)
-
-
-def reload_snapshots(experiment: Experiment, setup: StageSetup, epochs: Iterable[int]) -> None:
-    """Load the stage's ``epoch-N.pt`` snapshots into the model copies (``model@N``) later stages
-    learn from."""
-    for epoch in epochs:
-        copy_key = snapshot_key(setup.info.student, epoch)
-        if copy_key in experiment.models:
-            path = Path(setup.info.folder) / f"epoch-{epoch}.pt"
-            checkpoints.load_into(experiment.models[copy_key], path, label=f"snapshot '{copy_key}'")
+    snapshots.reload(experiment.models, stage_folder, key, setup.snapshots)
 
 
 def stage_result_from_row(row: dict[str, Any], source: str = RESULTS_FILE) -> StageResult:

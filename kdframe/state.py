@@ -111,7 +111,7 @@ class StageResult:
     Attributes:
         stage: The stage's name.
         model: Schedule key of the model the stage trained.
-        arch: Its architecture (``ensemble`` for an ensemble stage).
+        arch: Its architecture (for an ``evaluate`` stage, what the curriculum says it evaluates, e.g. ``ensemble``).
         teachers: Schedule keys of its teachers (empty when it learnt from labels alone).
         epochs: Epochs the stage was set to train.
         epochs_run: Epochs it trained (fewer when a hook stopped it).
@@ -120,7 +120,7 @@ class StageResult:
         best_epoch: The 1-based epoch of ``best_test_acc``.
         params: Number of parameters of the trained model.
         wall_time_s: Seconds the stage took (of the last process, for a resumed stage).
-        checkpoint: ``student.pt`` of the stage, relative to the run folder ("" for an ensemble).
+        checkpoint: ``student.pt`` of the stage, relative to the run folder ("" for an ``evaluate`` stage).
         collapsed: Whether test accuracy stayed at chance level after the warm-up.
         skipped_batches: Batches skipped for a non-finite loss (``training.on_nonfinite: "skip"``).
     """

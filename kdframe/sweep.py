@@ -11,13 +11,14 @@ models, checkpoints and layers) and decides, before anything trains, which train
 holding what determines the model it trains: that model's architecture and resolved params, the
 fingerprints of its teachers (recursively; a teacher loaded from a user checkpoint contributes the
 file's size and SHA-256), the stage's loss terms, its resolved training settings (and those of its
-pre-training phase), teacher dropout and weights, the data config, the
+pre-training phase), its teacher policy (``TeacherPolicy.describe()``), the model it starts from
+(``init_from``), the data config, the
 device and the seed (left out for the models named in ``share_across_seeds``). Runs go seed-major
 (every variant of the first seed, then every variant of the next seed...). A model whose stage
 fingerprint was trained by an earlier run is given that run's ``student.pt`` as its ``checkpoint``,
 so the curriculum uses it instead of training it again. Exceptions: a variant's report model is
-always trained by that variant's own run, a model whose snapshots (``model@N``) a later stage learns
-from is not reused, and models that the curriculum adds itself are not reused.
+always trained by that variant's own run, a model whose snapshots (``model@N``) a later stage uses
+is not reused, and models that the curriculum adds itself are not reused.
 
 The fingerprint describes the experiment, not the random-number stream: a reused model is the one
 the first run that needed it trained, which a stand-alone run of the variant's schedule reproduces
@@ -39,8 +40,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kdframe import folders
+from kdframe import folders, snapshots
 from kdframe.curriculum import StagePlan, make_curriculum, plan_stages, split_snapshot
+from kdframe.registry import Registry
+from kdframe.stage_kinds import TRAIN, planned_name, pretrain_name
 from kdframe.errors import KdframeError, ScheduleError, SweepError, printable
 from kdframe.plugins import Plugins
 from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, SWEEP_FILE, SweepReport, write_report
@@ -58,7 +61,7 @@ from kdframe.schedule import (
 )
 
 SWEEP_FORMAT = "kdframe-sweep/1"
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 #: Keys of an override object that name a component: restating one gives that component's params whole.
 COMPONENT_KEYS = ("name", "arch", "dataset")
 #: Names a variant cannot take, because the sweep folder holds files of these names.
@@ -233,6 +236,16 @@ def file_identity(path: str | Path) -> dict[str, Any]:
     return {"size": stat.st_size, "sha256": _FILE_HASHES[key]}
 
 
+def policy_description(registry: Registry, curriculum: str, stage: StagePlan) -> Any:
+    """The stage's teacher policy as JSON (``TeacherPolicy.describe()``), or ``None`` without one."""
+    if stage.teacher_policy is None:
+        return None
+    with registry.component_code("curriculum", curriculum, "its teacher policy's describe()"):
+        description = stage.teacher_policy.describe()
+        json.dumps(description, sort_keys=True, allow_nan=False)  # a TypeError/ValueError names the plugin
+    return description
+
+
 def stage_fingerprints(
     schedule: Schedule,
     stages: list[StagePlan],
@@ -270,7 +283,7 @@ def stage_fingerprints(
 
     fingerprints: dict[str, str] = {}
     for stage in stages:
-        if stage.kind != "train":
+        if stage.kind != TRAIN:
             continue
         losses = []
         for loss in stage.losses:
@@ -283,9 +296,9 @@ def stage_fingerprints(
             "teachers": [teacher_identity(key) for key in stage.teachers],
             "losses": losses,
             "training": schedule.training.for_stage(stage.stage_name).model_dump(mode="json"),
-            "pretrain_training": schedule.training.for_stage(f"{stage.stage_name}-pretrain").model_dump(mode="json"),
-            "teacher_dropout": stage.teacher_dropout,
-            "teacher_weights": list(stage.teacher_weights),
+            "pretrain_training": schedule.training.for_stage(pretrain_name(stage.stage_name)).model_dump(mode="json"),
+            "teacher_policy": policy_description(registry, schedule.curriculum.name, stage),
+            "init_from": teacher_identity(stage.init_from) if stage.init_from else None,
             "data": data,
             "device": schedule.device,
             "seed": None if stage.student in seed_free else schedule.seed,
@@ -479,8 +492,8 @@ def load_sweep(
             for name in _stage_overrides(raws[variant])
             if name in base_overrides
             and name not in own
-            and name.removesuffix("-pretrain") not in stage_names[variant]
-            and name.removesuffix("-pretrain") in everywhere
+            and planned_name(name) not in stage_names[variant]
+            and planned_name(name) in everywhere
         ]
         if unused[variant]:
             raws[variant] = _reuse_raw(raws[variant], {}, unused[variant])
@@ -514,7 +527,7 @@ def load_sweep(
             problems.append(f"share_across_seeds[{index}]: no variant has a model '{key}' (models: {', '.join(sorted(known))})")
     seed_free = set(config.share_across_seeds)
     for variant, (planned, stages) in plans.items():
-        trained_here = {stage.student for stage in stages if stage.kind == "train"}
+        trained_here = {stage.student for stage in stages if stage.kind == TRAIN}
         if variant in report and report[variant].student in seed_free:
             problems.append(
                 f"share_across_seeds: '{report[variant].student}' is variant '{variant}''s report model; "
@@ -585,7 +598,7 @@ def _plan_run(
     planned, stages = _plan(raw, plugins, source)
     run = RunPlan(variant, seed, raw, report_stage.stage_name, report_stage.student, unused_overrides=unused)
     fingerprints = stage_fingerprints(planned, stages, plugins, seed_free=seed_free)
-    snapshot_sources = {split_snapshot(t)[0] for stage in stages for t in stage.teachers if split_snapshot(t)[1] is not None}
+    snapshot_sources = {split_snapshot(key)[0] for key in snapshots.referenced(stages)}
     reuse: dict[str, str] = {}
     if config.share:
         for stage in stages:
@@ -609,7 +622,7 @@ def _plan_run(
             curriculum = make_curriculum(first, plugins.registry)
             _, first_stages = plan_stages(first, curriculum, plugins.registry, first.curriculum.name, check=False)
             names = {stage.stage_name for stage in first_stages}
-            run.dropped_overrides = [name for name in first.training.stages if name.removesuffix("-pretrain") not in names]
+            run.dropped_overrides = [name for name in first.training.stages if planned_name(name) not in names]
             schedule = parse_schedule(_reuse_raw(raw, placeholders, run.dropped_overrides), source)
             final, final_stages = plan_stages(schedule, curriculum, plugins.registry, schedule.curriculum.name)
         except KdframeError as error:

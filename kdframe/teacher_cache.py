@@ -54,6 +54,7 @@ from kdframe.data import AnyDataset, StreamingDataset
 from kdframe.errors import ScheduleError, StorageError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import ModelOutputs
+from kdframe.stage_kinds import trains
 
 CacheMode = Literal["auto", "memory", "disk", "off"]
 
@@ -114,7 +115,7 @@ def check_settings(schedule: Any, setups: list[Any], data: AnyDataset) -> None:
     streaming = isinstance(data, StreamingDataset)
     for setup in setups:
         mode = setup.training.teacher_cache
-        if mode not in ("memory", "disk") or not setup.teachers or setup.phase == "ensemble":
+        if mode not in ("memory", "disk") or not setup.teachers or not trains(setup.kind):
             continue
         override = schedule.training.stages.get(setup.info.name, {})
         key = f"training.stages.{setup.info.name}.teacher_cache" if "teacher_cache" in override else "training.teacher_cache"

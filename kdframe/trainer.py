@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,9 @@ from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
 from kdframe.registry import is_plugin_bug, plugin_bug
 from kdframe.schedule import AdamConfig, LRScheduleConfig, SGDConfig, TrainingConfig
 from kdframe.seeding import derived_seed
+from kdframe.stage_kinds import EVALUATE, PRETRAIN, TRAIN, StageKind
 from kdframe.state import Control, RunInfo, StageInfo, TrainState
+from kdframe.teacher_policy import TeacherBatch, TeacherPolicy, TeacherSelection, all_teachers, run_reweigh, run_select
 from kdframe.value_schedule import ScheduledFloat, value_at
 
 #: Test accuracy (percent) at or below ``COLLAPSE_FACTOR * 100 / num_classes`` after warm-up is a collapse.
@@ -57,12 +59,13 @@ class StageSetup:
         student_tap: Records the student layers the terms asked for (or ``None``).
         teacher_tap: Records the first teacher's layers the terms asked for (or ``None``).
         training: The stage's training settings.
-        phase: ``"train"``; ``"pretrain"`` for a term's pre-training phase, which optimises the
-            terms' ``pretrain_loss`` (with weight 1) and the student only when a term asks for it; or
-            ``"ensemble"``, which only evaluates ``student`` (a :class:`SoftmaxEnsemble`).
+        kind: The stage's kind (:mod:`kdframe.stage_kinds`): ``train``; ``pretrain``, a term's
+            pre-training phase, which optimises the terms' ``pretrain_loss`` (with weight 1) and the
+            student only when a term asks for it; or ``evaluate``, which only evaluates ``student``.
         snapshots: 1-based epochs after which the student is saved as a snapshot.
-        teacher_dropout: Probability that each teacher but the first sits out a batch.
-        teacher_weights: Relative weights of the teachers for terms that combine them.
+        teacher_policy: Picks the teachers of each batch and their weights; ``None``: all, equally.
+        policy_provider: Who provides the policy (for error messages).
+        init_from: The model (key) whose weights the student starts from, or ``None``.
     """
 
     info: StageInfo
@@ -72,10 +75,11 @@ class StageSetup:
     student_tap: FeatureTap | None
     teacher_tap: FeatureTap | None
     training: TrainingConfig
-    phase: Literal["train", "pretrain", "ensemble"] = "train"
+    kind: StageKind = TRAIN
     snapshots: tuple[int, ...] = ()
-    teacher_dropout: float = 0.0
-    teacher_weights: tuple[float, ...] = ()
+    teacher_policy: TeacherPolicy | None = None
+    policy_provider: str = "its curriculum"
+    init_from: str | None = None
 
 
 @dataclass
@@ -233,6 +237,7 @@ class Trainer:
         self.student_forward: nn.Module = setup.student
         self.averaged_by_hand: list[nn.Parameter] = []
         self.cached_teachers: list[teacher_cache.CachedOutputs] | None = None
+        self.every_teacher = all_teachers(len(setup.teachers))
 
     def _fire(self, name: str, **kwargs: Any) -> None:
         getattr(self.hook, name)(run=self.run, stage=self.setup.info, control=self.control, **kwargs)
@@ -243,9 +248,9 @@ class Trainer:
         student, teachers = setup.student, setup.teachers
         for teacher in teachers:
             freeze_teacher(teacher)
-        if setup.phase == "ensemble":
+        if setup.kind == EVALUATE:
             return self._evaluate_only()
-        trains_student = setup.phase == "train" or any(w.term.pretrain_trains_student for w in setup.terms)
+        trains_student = setup.kind == TRAIN or any(w.term.pretrain_trains_student for w in setup.terms)
         parameters = [p for p in student.parameters() if p.requires_grad] if trains_student else []
         parameters += [p for weighted in setup.terms for p in weighted.term.parameters() if p.requires_grad]
         if not parameters:
@@ -305,7 +310,7 @@ class Trainer:
                 self.control.save_checkpoint = False
             warmed_up = epoch + 1 > config.lr_schedule.warmup_epochs
             # A pre-training phase does not train the classifier for accuracy: no collapse check.
-            at_chance = test_acc <= COLLAPSE_FACTOR * chance and setup.phase == "train"
+            at_chance = test_acc <= COLLAPSE_FACTOR * chance and setup.kind == TRAIN
             if warmed_up and at_chance and not outcome.collapsed:
                 outcome.collapsed = True
                 message = (
@@ -321,7 +326,7 @@ class Trainer:
                 self.save_state(self._checkpoint(epoch + 1, optimizer, scheduler, outcome))
             if self.control.stop_stage or self.control.stop_run:
                 break
-        if setup.phase == "pretrain":
+        if setup.kind == PRETRAIN:
             for weighted in setup.terms:
                 weighted.term.end_pretraining()
         outcome.stop_run = self.control.stop_run
@@ -378,7 +383,7 @@ class Trainer:
         return int(saved["epochs_done"])
 
     def _weights(self, epoch: int) -> list[float]:
-        if self.setup.phase == "pretrain":
+        if self.setup.kind == PRETRAIN:
             return [1.0] * len(self.setup.terms)
         return [value_at(w.weight, epoch, self.setup.training.epochs) for w in self.setup.terms]
 
@@ -392,7 +397,7 @@ class Trainer:
         return values
 
     def _evaluate_only(self) -> StageOutcome:
-        """An ensemble stage: evaluate once, train nothing."""
+        """An evaluate stage: evaluate once, train nothing."""
         self._fire("kdframe_on_stage_start")
         test_acc, test_loss = self._evaluate(self.setup.student)
         self.state.metrics = {"test/acc": test_acc, "test/loss": test_loss}
@@ -453,13 +458,13 @@ class Trainer:
             "(training.on_nonfinite does not help here: skipping batches cannot repair weights)."
         )
 
-    def _kept_teachers(self, generator: torch.Generator) -> list[int]:
-        """Indices of the teachers that teach this batch: all, or a random subset that keeps the first."""
-        count = len(self.setup.teachers)
-        if self.setup.teacher_dropout <= 0 or count < 2:
-            return list(range(count))
-        keep = torch.rand(count - 1, generator=generator) >= self.setup.teacher_dropout
-        return [0] + [index + 1 for index, kept in enumerate(keep.tolist()) if kept]
+    def _select_teachers(self, epoch: int, batch: int, generator: torch.Generator) -> TeacherSelection:
+        """The teachers of a batch: all of them, or those the stage's teacher policy picks."""
+        policy = self.setup.teacher_policy
+        if policy is None:
+            return self.every_teacher
+        context = TeacherBatch(epoch, self.setup.training.epochs, batch, self.state.step, self.setup.info.teachers, generator)
+        return run_select(policy, context, self.setup.policy_provider)
 
     def _prepare_speed(self, parameters: list[nn.Parameter]) -> None:
         """Set up the stage's precision, data parallelism, compilation and teacher-output cache."""
@@ -475,7 +480,7 @@ class Trainer:
         forward: nn.Module = setup.student
         # DDP needs a gradient for every student parameter in every batch; a pre-training phase
         # trains only part of the student, so there the gradients are averaged by hand.
-        if self.dist.active and setup.phase == "train" and any(id(p) in student_ids for p in parameters):
+        if self.dist.active and setup.kind == TRAIN and any(id(p) in student_ids for p in parameters):
             forward = distributed.wrap_ddp(setup.student, self.dist)
         wrapped = forward is not setup.student
         self.averaged_by_hand = [p for p in parameters if not (wrapped and id(p) in student_ids)]
@@ -518,13 +523,13 @@ class Trainer:
             entries.append(entry)
         return entries
 
-    def _teacher_outputs(self, images: Tensor, indices: Tensor, kept: list[int]) -> list[ModelOutputs]:
+    def _teacher_outputs(self, images: Tensor, indices: Tensor, kept: tuple[int, ...]) -> list[ModelOutputs]:
         """The kept teachers' outputs for a batch: gathered from the cache, or computed."""
         if self.cached_teachers is not None:
             return [self.cached_teachers[index].gather(indices, images.device) for index in kept]
         return self._forward_teachers(images, kept)
 
-    def _forward_teachers(self, images: Tensor, kept: list[int]) -> list[ModelOutputs]:
+    def _forward_teachers(self, images: Tensor, kept: tuple[int, ...]) -> list[ModelOutputs]:
         outputs = []
         with torch.no_grad(), precision.autocast(self.setup.training.precision, self.device):
             for index in kept:
@@ -579,7 +584,7 @@ class Trainer:
         setup, config = self.setup, self.setup.training
         student = setup.student
         # A phase that does not train the student leaves its BatchNorm statistics alone.
-        student.train(setup.phase == "train" or any(w.term.pretrain_trains_student for w in setup.terms))
+        student.train(setup.kind == TRAIN or any(w.term.pretrain_trains_student for w in setup.terms))
         for weighted in setup.terms:
             weighted.term.train()
         # Shuffling depends on the seed, the stage's name and the epoch only (not on other stages).
@@ -592,7 +597,7 @@ class Trainer:
         samples = 0
         weights = self._weights(epoch)
         weight_tensor = torch.tensor(weights, dtype=torch.float64)
-        pretraining = setup.phase == "pretrain"
+        pretraining = setup.kind == PRETRAIN
         skipped = 0
         # With on_nonfinite "skip", a skipped batch must leave the model exactly as before it: its
         # forward pass already moved BatchNorm statistics (and memory banks), so they are put back.
@@ -612,10 +617,9 @@ class Trainer:
             self._fire("kdframe_on_batch_start", state=self.state)
 
             buffers_before = [buffer.clone() for buffer in restorable]
-            kept = self._kept_teachers(generator)
-            teacher_outputs = self._teacher_outputs(images, indices, kept)
+            selection = self._select_teachers(epoch, batch, generator)
+            teacher_outputs = self._teacher_outputs(images, indices, selection.indices)
             logits, student_features = self._forward_student(images)
-            teacher_weights = tuple(setup.teacher_weights[i] for i in kept) if setup.teacher_weights else ()
             outputs = StepOutputs(
                 ModelOutputs(logits, student_features),
                 teacher_outputs,
@@ -623,8 +627,10 @@ class Trainer:
                 epoch,
                 config.epochs,
                 indices,
-                teacher_weights,
+                selection.weights,
             )
+            if setup.teacher_policy is not None:
+                outputs.teacher_weights = run_reweigh(setup.teacher_policy, selection, outputs, setup.policy_provider)
             values = [term_value(weighted, weight, outputs, pretraining) for weighted, weight in zip(setup.terms, weights)]
             total = sum((weight * value for weight, value in zip(weights, values)), torch.zeros((), device=logits.device))
             detached = torch.stack([value.detach().float() for value in values]).cpu().double()

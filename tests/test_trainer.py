@@ -322,7 +322,7 @@ def test_a_declared_pretraining_phase_runs_as_its_own_stage(tmp_path) -> None:
     experiment, results = _run(tmp_path, schedule, ("probe", ProbePlugin()))
     assert [(r.stage, r.model, r.epochs_run) for r in results] == [("student-pretrain", "student", 2), ("student", "student", 1)]
     pretrain, main = experiment.setups
-    assert pretrain.phase == "pretrain" and [w.name for w in pretrain.terms] == ["probe"]
+    assert pretrain.kind == "pretrain" and [w.name for w in pretrain.terms] == ["probe"]
     probe = pretrain.terms[0].term
     assert probe is main.terms[1].term and probe.ended
     assert probe.scale.item() != 1.0  # the phase trained the term's own parameter

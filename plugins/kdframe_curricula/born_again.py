@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import torch
 from pydantic import Field
+from torch import Tensor, nn
 
 from kdframe import Curriculum, ModelConfig, Params, Schedule, StagePlan, distill_stage, teacher_stages
 
@@ -24,6 +29,21 @@ class BornAgainParams(Params):
         description="Add a final stage '<model>-ensemble' that evaluates the mean softmax of all "
         "generations, generation 0 included (it trains nothing).",
     )
+
+
+class SoftmaxEnsemble(nn.Module):
+    """Returns ``log(mean_i softmax(model_i(x)))``: log-probabilities, usable as logits.
+
+    Their argmax is the ensemble's prediction and their cross-entropy its loss.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: Tensor) -> Tensor:
+        log_probs = torch.stack([torch.log_softmax(member(images), dim=1) for member in self.members])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
 
 
 def generation_key(model: str, generation: int) -> str:
@@ -61,6 +81,8 @@ class BornAgain(Curriculum):
         stages += [distill_stage(schedule, current, (previous,)) for previous, current in zip(names, names[1:])]
         if self.params.ensemble:
             name = f"{self.params.model}-ensemble"
-            stages.append(StagePlan(student=name, teachers=tuple(names), losses=(), name=name, kind="ensemble"))
+            stages.append(
+                StagePlan(student=name, teachers=tuple(names), losses=(), name=name, kind="evaluate", build=SoftmaxEnsemble, arch="ensemble")
+            )
         return stages
 

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
+import torch
 from pydantic import Field
 
-from kdframe import Curriculum, Params, Schedule, StagePlan, distill_stage, teacher_stages
+from kdframe import (
+    Curriculum,
+    Params,
+    Schedule,
+    StagePlan,
+    TeacherBatch,
+    TeacherPolicy,
+    TeacherSelection,
+    distill_stage,
+    teacher_stages,
+)
 
 
 class DGKDParams(Params):
@@ -30,6 +42,22 @@ class DGKDParams(Params):
     )
 
 
+class TeacherDropout(TeacherPolicy):
+    """Stochastic DGKD: each teacher but the first (the nearest) sits out a batch with probability
+    ``dropout``; the others teach it with equal weight."""
+
+    def __init__(self, dropout: float) -> None:
+        self.dropout = dropout
+
+    def select(self, batch: TeacherBatch) -> TeacherSelection:
+        count = len(batch.teachers)
+        keep = torch.rand(count - 1, generator=batch.generator) >= self.dropout
+        return TeacherSelection((0, *(index + 1 for index, kept in enumerate(keep.tolist()) if kept)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"policy": "teacher_dropout", "dropout": self.dropout}
+
+
 class DGKD(Curriculum):
     """Densely Guided Knowledge Distillation (Son, Na, Choi and Han, ICCV 2021, arXiv:2009.08825).
 
@@ -41,8 +69,9 @@ class DGKD(Curriculum):
 
     Each stage lists its teachers nearest first: the most recent (smallest) model, then the next larger
     one, ..., the teacher last. The first teacher is the one that feature- and relation-based terms tap
-    and the one teacher dropout never leaves out; response terms average over the teachers a batch
-    keeps (:meth:`kdframe.StepOutputs.average_over_teachers`).
+    and the one teacher dropout (:class:`TeacherDropout`, the stage's teacher policy) never leaves
+    out; response terms average over the teachers a batch keeps
+    (:meth:`kdframe.StepOutputs.average_over_teachers`).
     """
 
     def __init__(self, params: DGKDParams) -> None:
@@ -58,6 +87,6 @@ class DGKD(Curriculum):
             teachers = tuple(reversed(chain[:index]))  # nearest (smallest) first, the teacher last
             stage = distill_stage(schedule, current, teachers)
             if len(teachers) > 1 and self.params.teacher_dropout > 0:
-                stage = replace(stage, teacher_dropout=self.params.teacher_dropout)
+                stage = replace(stage, teacher_policy=TeacherDropout(self.params.teacher_dropout))
             stages.append(stage)
         return stages

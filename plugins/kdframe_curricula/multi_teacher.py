@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from pydantic import Field, NonNegativeFloat, model_validator
 
-from kdframe import Curriculum, Params, Schedule, StagePlan, distill_stage, teacher_stages
+from kdframe import (
+    Curriculum,
+    Params,
+    Schedule,
+    StagePlan,
+    TeacherBatch,
+    TeacherPolicy,
+    TeacherSelection,
+    distill_stage,
+    teacher_stages,
+)
 
 
 class MultiTeacherParams(Params):
@@ -41,13 +53,33 @@ class MultiTeacherParams(Params):
         return self
 
 
+class FixedTeacherWeights(TeacherPolicy):
+    """Every teacher teaches every batch, with fixed relative weights."""
+
+    def __init__(self, weights: tuple[float, ...]) -> None:
+        self.selection = TeacherSelection(tuple(range(len(weights))), weights)
+
+    def select(self, batch: TeacherBatch) -> TeacherSelection:
+        return self.selection
+
+    def check(self, teachers: Sequence[str]) -> list[str]:
+        count = len(self.selection.weights)
+        if count != len(teachers):
+            return [f"{count} teacher weight(s) for {len(teachers)} teacher(s)"]
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        return {"policy": "fixed_teacher_weights", "weights": list(self.selection.weights)}
+
+
 class MultiTeacher(Curriculum):
     """Several teachers teach one student at once: the ensemble teacher of Hinton, Vinyals and Dean
     (2015, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531) and the multiple teachers
     of You, Xu, Xu and Tao (KDD 2017, "Learning from Multiple Teacher Networks").
 
     Stages: each teacher without a checkpoint from labels (in the listed order), then the student
-    taught by all the teachers with ``teacher_weights = weights``. Response-based terms (e.g.
+    taught by all the teachers, weighted by ``weights`` (the stage's teacher policy,
+    :class:`FixedTeacherWeights`). Response-based terms (e.g.
     ``hinton_kd``) compute their value against each teacher and take the weighted mean
     (:meth:`kdframe.StepOutputs.average_over_teachers`); feature- and relation-based terms learn
     from the first teacher only.
@@ -61,5 +93,5 @@ class MultiTeacher(Curriculum):
         stages = teacher_stages(schedule, list(teachers), set())
         student = distill_stage(schedule, self.params.student, teachers)
         if self.params.weights is not None:
-            student = replace(student, teacher_weights=tuple(self.params.weights))
+            student = replace(student, teacher_policy=FixedTeacherWeights(tuple(self.params.weights)))
         return [*stages, student]
