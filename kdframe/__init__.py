@@ -36,10 +36,13 @@ from kdframe.registry import (
     DatasetSpec,
     LoggerSpec,
     LossSpec,
+    LRScheduleSpec,
     ModelSpec,
     NoParams,
+    OptimizerSpec,
     Params,
 )
+from kdframe.optim import LRSchedule
 from kdframe.teacher_policy import TeacherBatch, TeacherPolicy, TeacherSelection
 from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
 from kdframe.schedule import LossConfig, ModelConfig, Schedule
@@ -70,10 +73,13 @@ __all__ = [
     "LossConfig",
     "LossSpec",
     "LossTerm",
+    "LRSchedule",
+    "LRScheduleSpec",
     "ModelConfig",
     "ModelOutputs",
     "ModelSpec",
     "NoParams",
+    "OptimizerSpec",
     "Params",
     "PLUGIN_API_VERSION",
     "PluginError",

@@ -2,7 +2,8 @@
 
 ``kdframe run`` and ``kdframe validate`` build every stage and then, for each stage that trains, run
 one step on two training samples: the teachers' and the student's forward passes, every loss term
-(also those whose weight is 0 at the first epoch) and the backward pass, without an optimizer step.
+(also those whose weight is 0 at the first epoch) and the backward pass, and builds the optimizer
+(its parameter groups must match), without an optimizer step.
 An exception from a term's own code is reported as its plugin's bug
 (:func:`kdframe.registry.plugin_bug`). The step runs on copies of the student, the teachers and the
 terms, and the global random generators are put back afterwards, so training is exactly the same as
@@ -22,6 +23,7 @@ from torch import Tensor
 from kdframe.data import AnyDataset, InMemoryDataset
 from kdframe.errors import TrainingError
 from kdframe.losses import ModelOutputs, StepOutputs
+from kdframe.optim import trainable_parameters
 from kdframe.resume import rng_state, set_rng_state
 from kdframe.stage_kinds import PRETRAIN, trains
 from kdframe.teacher_policy import TeacherBatch, all_teachers, run_reweigh, run_select
@@ -65,7 +67,8 @@ def check_step(setup: StageSetup, data: AnyDataset) -> None:
     )
     weighted = [replace(w, term=term) for w, term in zip(setup.terms, terms)]
     with global_generators_kept():
-        student.train(not pretraining or any(term.pretrain_trains_student for term in terms))
+        trains_student = not pretraining or any(term.pretrain_trains_student for term in terms)
+        student.train(trains_student)
         for term in terms:
             term.train()
         selection = all_teachers(len(teachers))
@@ -102,3 +105,5 @@ def check_step(setup: StageSetup, data: AnyDataset) -> None:
                     "term's forward probably changes a tensor in place that autograd needs; report it to "
                     "the term's plugin."
                 ) from error
+        if setup.optimizer is not None:  # its factory works on the stage's parameter groups
+            setup.optimizer.make(trainable_parameters(student, [(w.name, w.term) for w in weighted], trains_student))

@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from kdframe.registry import CurriculumSpec, DatasetSpec, LoggerSpec, LossSpec, ModelSpec
+    from kdframe.registry import CurriculumSpec, DatasetSpec, LoggerSpec, LossSpec, LRScheduleSpec, ModelSpec, OptimizerSpec
     from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
 
 #: Version of the plugin API (these hooks and the :mod:`kdframe.state` objects), ``"major.minor"``.
 #: The major number changes when a hook is removed or renamed, or an argument or a state field is
 #: removed or changes meaning; the minor number changes when a hook, argument or field is added.
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "2.0"
 
 PROJECT_NAME = "kdframe"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -121,6 +121,34 @@ def kdframe_register_loggers() -> list[LoggerSpec]:
         A list of :class:`~kdframe.registry.LoggerSpec`. Each spec's factory
         ``factory(params, run_folder)`` returns an object whose methods, marked with
         :data:`hookimpl`, implement trainer-event hooks.
+    """
+
+
+@hookspec
+def kdframe_register_optimizers() -> list[OptimizerSpec]:
+    """Return the optimizers this plugin provides.
+
+    Called once each time a plugin manager is created; the names must be unique across all plugins.
+    A schedule names one in ``training.optimizer`` (``{"name": "sgd", "params": {"lr": 0.1}}``).
+
+    Returns:
+        A list of :class:`~kdframe.registry.OptimizerSpec`. Each spec's factory
+        ``factory(params, param_groups)`` returns a ``torch.optim.Optimizer`` over the torch
+        parameter groups it is given; its params model has an ``lr`` field.
+    """
+
+
+@hookspec
+def kdframe_register_lr_schedules() -> list[LRScheduleSpec]:
+    """Return the learning-rate schedules this plugin provides.
+
+    Called once each time a plugin manager is created; the names must be unique across all plugins.
+    A schedule names one in ``training.lr_schedule`` (``{"name": "cosine", "warmup_epochs": 1}``);
+    the core applies the linear warm-up, the schedule the decay after it.
+
+    Returns:
+        A list of :class:`~kdframe.registry.LRScheduleSpec`. Each spec's factory ``factory(params)``
+        returns a :class:`kdframe.optim.LRSchedule`.
     """
 
 

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from kdframe.registry import Registry
-from kdframe.schedule import Schedule
+from kdframe.schedule import FLAT_KINDS, Schedule
 
 SCHEMA_ID = "https://kdframe.dev/schemas/schedule.json"
 #: The distribution whose entry points are the first-party plugins.
@@ -38,6 +38,8 @@ _REFERENCES = {
     "ModelConfig": ("model", "arch"),
     "DataConfig": ("dataset", "dataset"),
     "ComponentRef": ("logger", "name"),
+    "OptimizerConfig": ("optimizer", "name"),
+    "LRScheduleConfig": ("lr_schedule", "name"),
 }
 
 
@@ -48,12 +50,9 @@ def _component_branches(registry: Registry, kind: str, key: str, defs: dict[str,
         params_schema = component.spec.params.model_json_schema(ref_template=f"#/$defs/{prefix}{{model}}")
         for name, definition in params_schema.pop("$defs", {}).items():
             defs[prefix + name] = definition
-        branches.append(
-            {
-                "if": {"properties": {key: {"const": component.name}}, "required": [key]},
-                "then": {"properties": {"params": params_schema}},
-            }
-        )
+        # The optimizer's and LR schedule's params sit beside the name, the others' under "params".
+        then = {"properties": params_schema.get("properties", {})} if kind in FLAT_KINDS else {"properties": {"params": params_schema}}
+        branches.append({"if": {"properties": {key: {"const": component.name}}, "required": [key]}, "then": then})
     return branches
 
 

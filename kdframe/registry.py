@@ -1,7 +1,7 @@
 """Component specs and the index built from the ``kdframe_register_*`` hooks.
 
 A component is anything a schedule names: a loss strategy, a model architecture, a curriculum, a
-dataset or a logger. Plugins describe each one with a spec (name, summary, a Pydantic ``Params`` model
+dataset, a logger, an optimizer or a learning-rate schedule. Plugins describe each one with a spec (name, summary, a Pydantic ``Params`` model
 and a factory) returned from a registration hook. The registry is built from those hooks each time a
 plugin manager is created; there is no second, global dictionary.
 """
@@ -115,6 +115,27 @@ class LoggerSpec(ComponentSpec):
 
 
 @dataclass(frozen=True)
+class OptimizerSpec(ComponentSpec):
+    """An optimizer. ``factory(params, param_groups)`` returns a ``torch.optim.Optimizer``.
+
+    ``param_groups`` is a list of torch parameter groups: dicts with ``"params"`` (the tensors) and,
+    for the groups a schedule's ``training.optimizer.param_groups`` defines, that group's overrides
+    of the params (validated, by the Params field names). The params must have an ``lr`` field: the
+    peak learning rate, which the LR schedule multiplies.
+    """
+
+    kind: ClassVar[str] = "optimizer"
+
+
+@dataclass(frozen=True)
+class LRScheduleSpec(ComponentSpec):
+    """A learning-rate schedule. ``factory(params)`` returns a :class:`kdframe.optim.LRSchedule`,
+    whose ``factor`` multiplies every parameter group's peak LR after the warm-up."""
+
+    kind: ClassVar[str] = "lr_schedule"
+
+
+@dataclass(frozen=True)
 class ComponentKind:
     """One kind of component: its spec class, the hook that registers it and its plural for
     listings. :data:`COMPONENT_KINDS` is the one table the registry, the CLI (``kdframe plugins
@@ -137,6 +158,8 @@ COMPONENT_KINDS: tuple[ComponentKind, ...] = (
     ComponentKind(CurriculumSpec, "kdframe_register_curricula", "curricula"),
     ComponentKind(DatasetSpec, "kdframe_register_datasets", "datasets"),
     ComponentKind(LoggerSpec, "kdframe_register_loggers", "loggers"),
+    ComponentKind(OptimizerSpec, "kdframe_register_optimizers", "optimizers"),
+    ComponentKind(LRScheduleSpec, "kdframe_register_lr_schedules", "LR schedules"),
 )
 #: Spec class by kind name.
 KINDS: dict[str, type[ComponentSpec]] = {kind.name: kind.spec for kind in COMPONENT_KINDS}
@@ -191,7 +214,7 @@ class Registry:
         if not isinstance(spec, ComponentSpec) or spec.kind not in KINDS:
             raise PluginError(
                 f"{provider.describe()} registered {spec!r}, which is not a kdframe component spec. "
-                "Return LossSpec, ModelSpec, CurriculumSpec, DatasetSpec or LoggerSpec objects."
+                f"Return {', '.join(kind.spec.__name__ for kind in COMPONENT_KINDS)} objects."
             )
         extra = spec.params.model_config.get("extra")
         if extra != "forbid":
@@ -217,7 +240,7 @@ class Registry:
         names = sorted(available)
         listing = ", ".join(names) if names else "none"
         raise ComponentError(
-            f"Unknown {kind} {name!r}.{suggest(name, names)} Available {PLURALS.get(kind, kind + 's')}: {listing}. "
+            f"Unknown {kind.replace('_', ' ')} {name!r}.{suggest(name, names)} Available {PLURALS.get(kind, kind + 's')}: {listing}. "
             "Run 'kdframe plugins' to see every component and the plugin that provides it."
         )
 

@@ -29,7 +29,9 @@ from kdframe.errors import ComponentError, DataError, KdframeError, PluginError,
 from kdframe.features import FeatureTap
 from kdframe.losses import BuildContext
 from kdframe.value_schedule import describe_value
+from kdframe.optim import check_patterns_match, stage_optimizer
 from kdframe.plugins import Plugins, create_plugins
+from kdframe.registry import Registry
 from kdframe.results import RESULTS_FILE, format_table, write_results
 from kdframe.resume import StopSignals, load_stage_state, save_stage_state, schedule_diff, set_rng_state
 from kdframe.schedule import (
@@ -46,7 +48,7 @@ from kdframe.schedule import (
 from kdframe.seeding import derived_seed, seed_everything
 from kdframe.stage_kinds import EVALUATE, PRETRAIN, pretrain_name, trains
 from kdframe.state import Control, RunInfo, StageInfo, StageResult
-from kdframe.trainer import StageSetup, Trainer, WeightedTerm
+from kdframe.trainer import StageSetup, Trainer, WeightedTerm, trained_parameters
 
 SCHEDULE_FILE = "schedule.json"
 
@@ -115,6 +117,7 @@ def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, A
     teacher_cache.check_settings(schedule, setups, data)
     for setup in setups:  # a broken loss fails now, not after the stages before it have trained
         dry_step.check_step(setup, data)
+    check_patterns_match([(setup.optimizer, trained_parameters(setup)) for setup in setups if setup.optimizer is not None])
     return experiment
 
 
@@ -234,7 +237,7 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
         teachers=tuple(plan.teachers),
         epochs=training.epochs,
         losses=tuple(loss.model_dump(mode="json") for loss in plan.losses),
-        hparams=stage_hparams(schedule, plan, training),
+        hparams=stage_hparams(schedule, plan, training, registry),
         folder="",
     )
     setups = []
@@ -252,7 +255,18 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
             hparams={**info.hparams, "epochs": epochs, "phase": PRETRAIN},
         )
         setups.append(
-            StageSetup(pre_info, student, teachers, pretraining, student_tap, teacher_tap, pre_training, PRETRAIN, init_from=plan.init_from)
+            StageSetup(
+                pre_info,
+                student,
+                teachers,
+                pretraining,
+                student_tap,
+                teacher_tap,
+                pre_training,
+                PRETRAIN,
+                init_from=plan.init_from,
+                optimizer=stage_optimizer(pre_training, registry, f"training.stages.{name}"),
+            )
         )
     setups.append(
         StageSetup(
@@ -267,6 +281,7 @@ def build_stage(experiment: Experiment, plan: StagePlan) -> list[StageSetup]:
             teacher_policy=plan.teacher_policy,
             policy_provider=provider,
             init_from=None if pretraining else plan.init_from,  # the pre-training phase starts from it
+            optimizer=stage_optimizer(training, registry, "training"),
         )
     )
     return setups
@@ -296,15 +311,16 @@ def evaluate_stage(experiment: Experiment, plan: StagePlan) -> StageSetup:
     return StageSetup(info, model, inputs, [], None, None, training, kind=EVALUATE)
 
 
-def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any) -> dict[str, Any]:
+def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any, registry: Registry) -> dict[str, Any]:
     """Flat hyper-parameters of a stage for loggers."""
+    optimizer = component_params(registry, "optimizer", training.optimizer.name, training.optimizer.params, "training.optimizer")
     hparams: dict[str, Any] = {
         "student": plan.student,
         "arch": schedule.models[plan.student].arch,
         "teachers": ",".join(plan.teachers) or "-",
         "epochs": training.epochs,
         "optimizer": training.optimizer.name,
-        "lr": training.optimizer.lr,
+        "lr": getattr(optimizer, "lr", None),
         "batch_size": schedule.data.batch_size,
         "seed": schedule.seed,
         "dataset": schedule.data.dataset,
@@ -663,7 +679,7 @@ def _resume_locked(
         )
     source = Path(schedule_path) if schedule_path is not None else stored_path
     schedule, plugins, resolved_schedule = load_schedule(source, overrides, plugins)
-    changes = schedule_diff(stored, resolved_schedule)
+    changes = schedule_diff(_current_form(stored, plugins), resolved_schedule)
     if changes and not force:
         listing = "\n".join(f"  - {line}" for line in changes[:20])
         more = f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else ""
@@ -688,6 +704,18 @@ def _resume_locked(
         folders.write_text_atomic(folder / f"schedule.before-resume-{number}.json", stored_path.read_text())
         folders.write_text_atomic(stored_path, json.dumps(resolved_schedule, indent=2) + "\n")
     return folder, execute(experiment, folder, quiet=quiet, finished=finished)
+
+
+def _current_form(stored: dict[str, Any], plugins: Plugins) -> dict[str, Any]:
+    """A run's stored schedule resolved again, so that one written by an earlier kdframe (whose
+    resolved form listed other keys, e.g. every LR schedule's params) differs from the current one
+    only where its meaning does; as stored when it no longer validates."""
+    try:
+        schedule = parse_schedule(stored)
+        validate_components(schedule, plugins.registry)
+        return resolved(schedule, plugins.registry)
+    except KdframeError:
+        return stored
 
 
 def read_results(folder: Path) -> dict[str, Any]:

@@ -102,38 +102,78 @@ class ModelConfig(StrictModel):
     )
 
 
-class SGDConfig(StrictModel):
-    """Stochastic gradient descent with momentum."""
+class FlatComponentRef(StrictModel):
+    """A component reference whose params sit beside its name (``{"name": "sgd", "lr": 0.1}``), as
+    the optimizer's and the LR schedule's always have: every key the reference itself does not
+    define is one of the component's params, validated by the component. ``params`` nested as for
+    other components (``{"name": "sgd", "params": {"lr": 0.1}}``) is accepted and moved beside."""
 
-    name: Literal["sgd"] = "sgd"
-    lr: float = Field(0.05, gt=0.0, le=100.0, description="Peak learning rate.")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum factor.")
-    weight_decay: float = Field(5e-4, ge=0.0, description="L2 penalty.")
-    nesterov: bool = Field(True, description="Nesterov momentum (needs momentum > 0).")
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    #: Keys that a schedule written before these were components listed whatever the name; dropped
+    #: when they hold their old default, so that such a schedule still validates.
+    legacy_defaults: typing.ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _params_beside_the_name(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        value = dict(value)
+        nested = value.pop("params", None)
+        if isinstance(nested, dict):
+            value = {**value, **{k: v for k, v in nested.items() if k not in value}}
+        elif nested is not None:
+            value["params"] = nested  # reported as an unknown parameter 'params' of the component
+        return {k: v for k, v in value.items() if not (k in cls.legacy_defaults and v == cls.legacy_defaults[k])}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The component's params: every key but the reference's own."""
+        return dict(self.model_extra or {})
 
 
-#: A number in [0, 1), e.g. one of Adam's betas.
-UnitInterval = Annotated[float, Field(ge=0.0, lt=1.0)]
+class ParamGroupConfig(StrictModel):
+    """A parameter group of the optimizer: the parameters whose names match ``params`` get the
+    other keys' values instead of the optimizer's params (e.g. ``{"params": "loss.*", "lr": 0.5}``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    params: str = Field(
+        min_length=1,
+        description="Wildcard over parameter names: 'student.<module path>.<name>' or "
+        "'loss.<term>.<name>' (e.g. 'loss.*' for every loss term's adapters). A parameter belongs "
+        "to the first group that matches; the others keep the optimizer's params.",
+    )
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The group's optimizer params (every key but ``params``)."""
+        return dict(self.model_extra or {})
 
 
-class AdamConfig(StrictModel):
-    """Adam or AdamW."""
+class OptimizerConfig(FlatComponentRef):
+    """The optimizer, a component ('kdframe plugins --kind optimizer --params'): its name, its params
+    beside the name (e.g. ``{"name": "sgd", "lr": 0.1}``) and parameter groups."""
 
-    name: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0.0, le=100.0, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay (decoupled for adamw).")
-    betas: tuple[UnitInterval, UnitInterval] = Field(
-        (0.9, 0.999), description="Coefficients of the running averages, each in [0, 1)."
+    name: str = Field("sgd", description="Registered optimizer, e.g. 'sgd', 'adam', 'adamw'; its params sit beside the name.")
+    param_groups: list[ParamGroupConfig] = Field(
+        default_factory=list,
+        description="Groups of parameters with their own optimizer params, e.g. "
+        "[{\"params\": \"loss.*\", \"lr\": 0.5}] for a different LR for the loss terms' adapters.",
     )
 
 
-OptimizerConfig = Annotated[SGDConfig | AdamConfig, Field(discriminator="name")]
+class LRScheduleConfig(FlatComponentRef):
+    """Learning-rate schedule, applied per step: linear warm-up, then the named decay, a component
+    ('kdframe plugins --kind lr_schedule --params') whose params sit beside the name
+    (e.g. ``{"name": "step", "milestones": [30]}``)."""
 
+    legacy_defaults: typing.ClassVar[dict[str, Any]] = {"milestones": [], "gamma": 0.1, "min_lr_factor": 0.0}
 
-class LRScheduleConfig(StrictModel):
-    """Learning-rate schedule, applied per step: linear warm-up, then the named decay."""
-
-    name: Literal["cosine", "step", "constant"] = Field("cosine", description="Decay after warm-up.")
+    name: str = Field("cosine", description="Decay after warm-up: a registered LR schedule, e.g. 'cosine', 'step', 'constant'; its params sit beside the name.")
     warmup_epochs: float = Field(
         1.0,
         ge=0.0,
@@ -142,18 +182,13 @@ class LRScheduleConfig(StrictModel):
         "KD with a high temperature from collapsing at lr 0.05.",
     )
     warmup_start_factor: float = Field(0.1, gt=0.0, le=1.0, description="LR factor at step 0.")
-    milestones: list[int] = Field(
-        default_factory=list, description="Epochs at which 'step' multiplies the LR by gamma."
-    )
-    gamma: float = Field(0.1, gt=0.0, le=1.0, description="Factor of each 'step' decay.")
-    min_lr_factor: float = Field(0.0, ge=0.0, le=1.0, description="Final LR factor of 'cosine'.")
 
 
 class TrainingConfig(StrictModel):
     """How one stage trains."""
 
     epochs: int = Field(10, ge=1, le=100_000, description="Epochs per stage.")
-    optimizer: OptimizerConfig = Field(default_factory=SGDConfig, description="Optimizer.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer.")
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig, description="LR schedule.")
     channels_last: bool = Field(
         True, description="Use the channels_last memory layout for 4-D inputs (faster convnets on CPU)."
@@ -172,13 +207,6 @@ class TrainingConfig(StrictModel):
     )
     grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this.")
 
-    @field_validator("optimizer", mode="before")
-    @classmethod
-    def _default_optimizer_name(cls, value: Any) -> Any:
-        # "optimizer": {"lr": 0.1} (or --set training.optimizer.lr=0.1) means the default optimizer.
-        if isinstance(value, dict) and "name" not in value:
-            return {"name": "sgd", **value}
-        return value
     on_collapse: Literal["warn", "stop"] = Field(
         "warn",
         description="What to do when test accuracy stays at chance level after the warm-up: "
@@ -210,7 +238,13 @@ class Training(TrainingConfig):
     def for_stage(self, stage: str) -> TrainingConfig:
         """The settings of one stage: the common ones with that stage's overrides merged in."""
         base = self.model_dump(exclude={"stages"})
-        merged = _deep_merge(base, self.stages.get(stage, {}))
+        override = self.stages.get(stage, {})
+        for key in ("optimizer", "lr_schedule"):
+            # Naming another optimizer (schedule) replaces the common one's params, which it may not have.
+            named = override.get(key, {}).get("name") if isinstance(override.get(key), dict) else None
+            if named is not None and named != base[key]["name"]:
+                base[key] = {}
+        merged = _deep_merge(base, override)
         return TrainingConfig.model_validate(merged)
 
     @model_validator(mode="after")
@@ -555,15 +589,19 @@ def _problems(source: str, lines: list[str]) -> str:
     return f"{source} is invalid ({len(lines)} problem{plural}):\n{listing}"
 
 
+#: Kinds whose params sit beside the name in a schedule (:class:`FlatComponentRef`).
+FLAT_KINDS = ("optimizer", "lr_schedule")
+
+
 def component_params(registry: Registry, kind: str, name: str, params: dict[str, Any], path: str) -> Any:
-    """Validate ``params`` with the named component's own model; errors carry ``path``."""
+    """Validate ``params`` with the named component's own model; errors carry ``path`` (and
+    ``.params``, except for the kinds whose params sit beside the name)."""
     spec = registry.spec(kind, name)
     try:
         return spec.params.model_validate(params)
     except ValidationError as error:
-        raise ScheduleError(
-            "\n".join(f"{line}" for line in format_validation_error(error, prefix=f"{path}.params", model=spec.params))
-        ) from None
+        prefix = path if kind in FLAT_KINDS else f"{path}.params"
+        raise ScheduleError("\n".join(format_validation_error(error, prefix=prefix, model=spec.params))) from None
 
 
 def component_refs(schedule: Schedule) -> list[tuple[str, str, ComponentRef | ModelConfig | DataConfig]]:
@@ -576,6 +614,8 @@ def component_refs(schedule: Schedule) -> list[tuple[str, str, ComponentRef | Mo
         for i, loss in enumerate(schedule.distill.scratch_losses)
     ]
     refs.append(("curriculum", "curriculum", schedule.curriculum))
+    refs.append(("optimizer", "training.optimizer", schedule.training.optimizer))
+    refs.append(("lr_schedule", "training.lr_schedule", schedule.training.lr_schedule))
     refs += [("logger", f"logging.loggers[{i}]", ref) for i, ref in enumerate(schedule.logging.loggers)]
     return refs
 
@@ -596,8 +636,51 @@ def validate_components(schedule: Schedule, registry: Registry, source: str = "s
             problems.append(f"{name_path}: {error}")
         except ScheduleError as error:
             problems.extend(str(error).splitlines())
+    problems += _training_problems(schedule, registry)
     if problems:
         raise ScheduleError(_problems(source, problems))
+
+
+def _training_problems(schedule: Schedule, registry: Registry) -> list[str]:
+    """The problems of each stage override's optimizer and LR schedule and of every parameter group
+    (the common ones are component references, checked with the others)."""
+    from kdframe.optim import group_overrides
+
+    problems: list[str] = []
+    settings = [("training", schedule.training)]
+    settings += [(f"training.stages.{name}", schedule.training.for_stage(name)) for name in schedule.training.stages]
+    for path, training in settings:
+        checks = [("optimizer", training.optimizer), ("lr_schedule", training.lr_schedule)] if path != "training" else []
+        for kind, ref in checks:
+            try:
+                component_params(registry, kind, ref.name, ref.params, f"{path}.{kind}")
+            except ComponentError as error:
+                problems.append(f"{path}.{kind}.name: {error}")
+            except ScheduleError as error:
+                problems.extend(str(error).splitlines())
+        optimizer = training.optimizer
+        if optimizer.name not in registry.components["optimizer"] or not optimizer.param_groups:
+            continue
+        spec = registry.spec("optimizer", optimizer.name)
+        try:
+            params = component_params(registry, "optimizer", optimizer.name, optimizer.params, f"{path}.optimizer")
+        except ScheduleError:
+            continue  # reported above
+        for index, group in enumerate(optimizer.param_groups):
+            group_path = f"{path}.optimizer.param_groups[{index}]"
+            unknown = sorted(set(group.overrides) - set(spec.params.model_fields))
+            if unknown:
+                known = ", ".join(sorted(spec.params.model_fields))
+                problems.append(f"{group_path}: {', '.join(unknown)} is not a param of optimizer '{optimizer.name}' (its params: {known})")
+                continue
+            if not group.overrides:
+                problems.append(f"{group_path}: the group sets nothing; add the optimizer params it changes, e.g. \"lr\"")
+                continue
+            try:
+                group_overrides(spec.params, params, group.overrides, group_path)
+            except ScheduleError as error:
+                problems.extend(str(error).splitlines())
+    return problems
 
 
 def resolved(schedule: Schedule, registry: Registry) -> dict[str, Any]:
@@ -611,7 +694,10 @@ def resolved(schedule: Schedule, registry: Registry) -> dict[str, Any]:
         parts = ["models", path[len("models."):]] if kind == "model" else re.findall(r"[^.\[\]]+", path)
         for part in parts:
             node = node[int(part)] if isinstance(node, list) else node[part]
-        node["params"] = params.model_dump(mode="json")
+        if kind in FLAT_KINDS:
+            node.update(params.model_dump(mode="json"))
+        else:
+            node["params"] = params.model_dump(mode="json")
     return data
 
 

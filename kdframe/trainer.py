@@ -25,7 +25,8 @@ from kdframe.errors import KdframeError, TrainingError
 from kdframe.features import FeatureTap
 from kdframe.losses import LossTerm, ModelOutputs, StepOutputs
 from kdframe.registry import is_plugin_bug, plugin_bug
-from kdframe.schedule import AdamConfig, LRScheduleConfig, SGDConfig, TrainingConfig
+from kdframe.optim import StageOptimizer, trainable_parameters
+from kdframe.schedule import TrainingConfig
 from kdframe.seeding import derived_seed
 from kdframe.stage_kinds import EVALUATE, PRETRAIN, TRAIN, StageKind
 from kdframe.state import Control, RunInfo, StageInfo, TrainState
@@ -66,6 +67,7 @@ class StageSetup:
         teacher_policy: Picks the teachers of each batch and their weights; ``None``: all, equally.
         policy_provider: Who provides the policy (for error messages).
         init_from: The model (key) whose weights the student starts from, or ``None``.
+        optimizer: The stage's optimizer and LR schedule (``None`` for an ``evaluate`` stage).
     """
 
     info: StageInfo
@@ -80,6 +82,7 @@ class StageSetup:
     teacher_policy: TeacherPolicy | None = None
     policy_provider: str = "its curriculum"
     init_from: str | None = None
+    optimizer: StageOptimizer | None = None
 
 
 @dataclass
@@ -102,35 +105,11 @@ class RunInterrupted(KdframeError):
     exit_code = 130
 
 
-def make_optimizer(config: SGDConfig | AdamConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer a schedule names."""
-    if isinstance(config, SGDConfig):
-        return torch.optim.SGD(
-            parameters,
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov and config.momentum > 0,
-        )
-    optimizer_class = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
-    return optimizer_class(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
-
-
-def lr_factor(config: LRScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Multiplier of the peak LR at optimizer step ``step`` (linear warm-up, then the decay)."""
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    if step < warmup_steps:
-        start = config.warmup_start_factor
-        return start + (1.0 - start) * step / warmup_steps
-    if config.name == "constant":
-        return 1.0
-    if config.name == "step":
-        epoch = step // max(steps_per_epoch, 1)
-        return config.gamma ** sum(1 for milestone in config.milestones if epoch >= milestone)
-    total = max(epochs * steps_per_epoch - warmup_steps, 1)
-    progress = min((step - warmup_steps) / total, 1.0)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.min_lr_factor + (1.0 - config.min_lr_factor) * cosine
+def trained_parameters(setup: StageSetup) -> list[tuple[str, nn.Parameter]]:
+    """What a stage's optimizer trains, named for ``param_groups``: the student (unless the stage is
+    a pre-training phase that leaves it alone) and the loss terms' own parameters."""
+    trains_student = setup.kind == TRAIN or any(w.term.pretrain_trains_student for w in setup.terms)
+    return trainable_parameters(setup.student, [(w.name, w.term) for w in setup.terms], trains_student)
 
 
 def freeze_teacher(teacher: nn.Module) -> None:
@@ -250,18 +229,19 @@ class Trainer:
             freeze_teacher(teacher)
         if setup.kind == EVALUATE:
             return self._evaluate_only()
-        trains_student = setup.kind == TRAIN or any(w.term.pretrain_trains_student for w in setup.terms)
-        parameters = [p for p in student.parameters() if p.requires_grad] if trains_student else []
-        parameters += [p for weighted in setup.terms for p in weighted.term.parameters() if p.requires_grad]
+        named = trained_parameters(setup)
+        parameters = [parameter for _, parameter in named]
         if not parameters:
             raise TrainingError(f"Stage '{setup.info.name}' has nothing to train (no parameter requires a gradient).")
-        optimizer = make_optimizer(config.optimizer, parameters)
+        assert setup.optimizer is not None  # every stage that trains has one
+        optimizer = setup.optimizer.make(named)
         self._prepare_speed(parameters)
         train_count = self.data.train_count
         drop_last = train_count > self.batch_size
         steps_per_epoch = batches_per_epoch(train_count, self.batch_size, drop_last)
+        stage_optimizer = setup.optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(config.lr_schedule, step, steps_per_epoch, config.epochs)
+            optimizer, lambda step: stage_optimizer.factor(step, steps_per_epoch, config.epochs)
         )
         self.state = TrainState(batches_per_epoch=steps_per_epoch)
         chance = 100.0 / max(len(self.data.classes), 1)

@@ -99,8 +99,8 @@ def test_rows_follow_nested_models_lists_dicts_and_tagged_unions(schedules_doc: 
 def test_optimizer_variants_are_told_apart(schedules_doc: types.ModuleType) -> None:
     section = generated_section(schedules_doc)
     assert "| `training.optimizer.momentum` when `name` is `sgd` |" in section
-    assert "| `training.optimizer.betas` when `name` is `adam` or `adamw` |" in section
-    assert '`{"name": "sgd"}` with the defaults below' in section
+    assert "| `training.optimizer.betas` when `name` is `adam` |" in section
+    assert "| `training.lr_schedule.milestones` when `name` is `step` |" in section
 
 
 def test_check_mode_fails_on_a_stale_file(schedules_doc: types.ModuleType, tmp_path: Path) -> None:

@@ -269,6 +269,17 @@ def test_deterministic_schedules_repeat_bit_for_bit(tmp_path) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def test_a_run_started_with_the_old_fixed_lr_schedule_keys_resumes_unchanged(tmp_path, reference) -> None:
+    # Before LR schedules were components, a resolved schedule listed every schedule's keys.
+    folder = _killed_after_one_epoch(tmp_path, reference)
+    stored = json.loads((folder / "schedule.json").read_text())
+    stored["training"]["lr_schedule"].update({"milestones": [], "gamma": 0.1, "min_lr_factor": 0.0})
+    (folder / "schedule.json").write_text(json.dumps(stored, indent=2))
+    _, results = resume_run(folder, quiet=True)
+    assert [result.stage for result in results] == ["teacher", "assistant", "student"]
+    assert_same_weights(weights(folder), weights(reference[1]))
+
+
 def _killed_after_one_epoch(tmp_path: Path, reference) -> Path:
     schedule, _ = reference
     assert interrupt(tmp_path, schedule, (0, 1, 1)).returncode == -signal.SIGKILL

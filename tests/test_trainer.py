@@ -1,4 +1,4 @@
-"""The trainer: LR schedule, the golden order of events, frozen teachers, faults and controls."""
+"""The trainer: the golden order of events, frozen teachers, faults and controls."""
 
 from __future__ import annotations
 
@@ -14,25 +14,6 @@ from kdframe.checkpoints import save_model
 from kdframe.errors import TrainingError
 from kdframe.plugins import create_plugins
 from kdframe.runner import execute, load_schedule, prepare
-from kdframe.schedule import LRScheduleConfig
-from kdframe.trainer import lr_factor
-
-
-def test_lr_factor_warmup_then_cosine() -> None:
-    config = LRScheduleConfig(warmup_epochs=1, warmup_start_factor=0.1)
-    assert lr_factor(config, 0, 10, 5) == pytest.approx(0.1)
-    assert lr_factor(config, 5, 10, 5) == pytest.approx(0.55)
-    assert lr_factor(config, 10, 10, 5) == pytest.approx(1.0)
-    assert lr_factor(config, 30, 10, 5) == pytest.approx(0.5)
-    assert lr_factor(config, 50, 10, 5) == pytest.approx(0.0, abs=1e-9)
-
-
-def test_lr_factor_step_and_constant() -> None:
-    step = LRScheduleConfig(name="step", warmup_epochs=0, milestones=[2, 4], gamma=0.1)
-    assert lr_factor(step, 19, 10, 6) == 1.0
-    assert lr_factor(step, 20, 10, 6) == pytest.approx(0.1)
-    assert lr_factor(step, 45, 10, 6) == pytest.approx(0.01)
-    assert lr_factor(LRScheduleConfig(name="constant", warmup_epochs=0), 99, 10, 6) == 1.0
 
 
 def _run(tmp_path, schedule, *extra_plugins):

@@ -17,7 +17,7 @@ from kdframe_template import curriculum, loss, model
 
 #: The major version of kdframe's plugin API this plugin is written for; kdframe refuses to load a
 #: plugin written for another major version instead of failing halfway through a run.
-KDFRAME_PLUGIN_API = 1
+KDFRAME_PLUGIN_API = 2
 
 
 @hookimpl
