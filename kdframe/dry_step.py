@@ -27,7 +27,8 @@ from kdframe.optim import trainable_parameters
 from kdframe.resume import rng_state, set_rng_state
 from kdframe.stage_kinds import PRETRAIN, trains
 from kdframe.teacher_policy import TeacherBatch, all_teachers, run_reweigh, run_select
-from kdframe.trainer import StageSetup, term_value
+from kdframe.stage_setup import StageSetup
+from kdframe.train_step import term_value
 
 #: Training samples of the dry step (two, so that BatchNorm in training mode has a batch).
 SAMPLES = 2

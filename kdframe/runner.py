@@ -48,7 +48,8 @@ from kdframe.schedule import (
 from kdframe.seeding import derived_seed, seed_everything
 from kdframe.stage_kinds import EVALUATE, PRETRAIN, pretrain_name, trains
 from kdframe.state import Control, RunInfo, StageInfo, StageResult
-from kdframe.trainer import StageSetup, Trainer, WeightedTerm, trained_parameters
+from kdframe.stage_setup import StageSetup, WeightedTerm, trained_parameters
+from kdframe.trainer import Trainer
 
 SCHEDULE_FILE = "schedule.json"
 
