@@ -177,7 +177,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from kdframe.runner import load_schedule, prepare
-    from kdframe.stage_kinds import PRETRAIN
+    from kdframe.stage_kinds import EVALUATE, PRETRAIN
     from kdframe.value_schedule import describe_value
 
     schedule, plugins, resolved_schedule = load_schedule(args.schedule, args.overrides)
@@ -191,9 +191,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         teachers = ", ".join(info.teachers) if info.teachers else "labels only"
         if setup.kind == PRETRAIN:
             terms = " + ".join(f"{w.name} (pre-training phase)" for w in setup.terms)
+        elif setup.kind == EVALUATE:
+            terms = "evaluated only, trains nothing"
         else:
             terms = " + ".join(f"{describe_value(w.weight)}*{w.name}" for w in setup.terms)
-        print(f"  {info.index + 1}. {info.name} ({info.arch}), {info.epochs} epochs, from {teachers}: {terms}")
+        extras = []
+        if setup.init_from is not None:
+            extras.append(f"starts from {setup.init_from}")
+        if setup.teacher_policy is not None:
+            extras.append(f"teacher policy {json.dumps(setup.teacher_policy.describe(), sort_keys=True, default=str)}")
+        if setup.snapshots:
+            extras.append(f"keeps snapshots after epochs {', '.join(map(str, setup.snapshots))}")
+        more = f" ({'; '.join(extras)})" if extras else ""
+        print(f"  {info.index + 1}. {info.name} ({info.arch}), {info.epochs} epochs, from {teachers}{more}: {terms}")
     return 0
 
 

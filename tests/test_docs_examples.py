@@ -117,3 +117,35 @@ def test_confident_teachers_weigh_each_batch_and_evaluate_the_ensemble(tmp_path)
     assert all(len(w) == 2 and min(w) > 0 for w in seen)
     assert len(set(seen)) > 1  # the weights change from batch to batch
     assert results["stages"][-1]["epochs"] == 0 and results["stages"][-1]["checkpoint"] == ""
+
+
+# --- docs/plugins.md -------------------------------------------------------------------------------
+
+
+def test_the_optimizer_example_trains_with_lion_and_a_linear_decay(tmp_path) -> None:
+    module = docs_module("plugins.md", "# my_optim/__init__.py")
+    lrs: list[list[float]] = []
+    original = module.Lion.step
+
+    def recording(self, closure=None):
+        lrs.append([group["lr"] for group in self.param_groups])
+        return original(self, closure)
+
+    module.Lion.step = recording
+    schedule = tiny_schedule(
+        **{
+            "training.epochs": 2,
+            "training.optimizer": {"name": "lion", "lr": 3e-4, "weight_decay": 0.1, "param_groups": [{"params": "loss.*", "lr": 1e-3}]},
+            "training.lr_schedule": {"name": "linear", "warmup_epochs": 0},
+            "curriculum": {"name": "direct", "params": {"teacher": "teacher", "student": "student"}},
+            "distill.losses": [{"name": "cross_entropy"}, {"name": "fitnet", "params": {"layers": [{"student": "features.0", "teacher": "features.0"}]}}],
+        }
+    )
+    experiment, results = run(tmp_path, schedule, plugins_with(module))
+    assert results["finished"] is True and [r["stage"] for r in results["stages"]] == ["teacher", "student"]
+    steps = 2 * (128 // 32)
+    teacher_lrs, student_lrs = lrs[:steps], lrs[steps:]
+    assert [group[0] for group in teacher_lrs] == pytest.approx([3e-4 * (1 - k / steps) for k in range(steps)])
+    # The student's stage has two groups: the student (the optimizer's lr), the adapters (their own).
+    assert all(len(group) == 2 for group in student_lrs)
+    assert [group[1] for group in student_lrs] == pytest.approx([1e-3 * (1 - k / steps) for k in range(steps)])

@@ -12,7 +12,13 @@ from kdframe.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "examples" / "plugin-template"
-COMPONENTS = {("loss", "logit_mimic"), ("model", "mlp"), ("curriculum", "self_distillation")}
+COMPONENTS = {
+    ("loss", "logit_mimic"),
+    ("loss", "pooled_hint"),
+    ("model", "mlp"),
+    ("curriculum", "self_distillation"),
+    ("logger", "csv_metrics"),
+}
 
 
 @pytest.fixture(scope="module")

@@ -214,3 +214,17 @@ def test_a_plugin_optimizer_and_lr_schedule_train_a_schedule(tmp_path) -> None:
     resolved = json.loads((tmp_path / "run" / "schedule.json").read_text())
     assert resolved["training"]["optimizer"] == {"name": "sign_sgd", "lr": 0.002, "param_groups": []}
     assert resolved["training"]["lr_schedule"] == {"name": "halving", "every": 1, "warmup_epochs": 0.0, "warmup_start_factor": 0.1}
+
+
+def test_kdframe_schema_and_plugins_list_the_optimizers_and_lr_schedules(registry) -> None:
+    from kdframe.json_schema import schedule_schema
+
+    schema = schedule_schema(registry)
+    optimizer = schema["$defs"]["OptimizerConfig"]
+    assert optimizer["properties"]["name"]["enum"] == ["adam", "adamw", "sgd"]
+    sgd = next(branch["then"] for branch in optimizer["allOf"] if branch["if"]["properties"]["name"]["const"] == "sgd")
+    assert set(sgd["properties"]) == {"lr", "momentum", "weight_decay", "nesterov"}  # beside the name
+    lr_schedule = schema["$defs"]["LRScheduleConfig"]
+    assert lr_schedule["properties"]["name"]["enum"] == ["constant", "cosine", "step"]
+    assert [c.name for c in registry.iter("optimizer")] == ["adam", "adamw", "sgd"]
+    assert all(c.provider.plugin == "kdframe_optim" for c in registry.iter("lr_schedule"))

@@ -1,4 +1,4 @@
-"""The plugin is found through its entry point and registers its three components."""
+"""The plugin is found through its entry point and registers its five components."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import kdframe_template
 
 def test_registered_through_the_installed_entry_point(kdframe_plugins) -> None:
     registry = kdframe_plugins().registry
-    for kind, name in (("loss", "logit_mimic"), ("model", "mlp"), ("curriculum", "self_distillation")):
+    components = (
+        ("loss", "logit_mimic"),
+        ("loss", "pooled_hint"),
+        ("model", "mlp"),
+        ("curriculum", "self_distillation"),
+        ("logger", "csv_metrics"),
+    )
+    for kind, name in components:
         component = registry.get(kind, name)
         assert component.provider.plugin == "kdframe_template"
         assert component.provider.distribution == "kdframe-plugin-template"
@@ -15,7 +22,8 @@ def test_registered_through_the_installed_entry_point(kdframe_plugins) -> None:
 
 def test_the_module_alone_registers_exactly_its_components(kdframe_plugins) -> None:
     registry = kdframe_plugins(kdframe_template, load_entry_points=False).registry
-    assert registry.names("loss") == ["logit_mimic"]
+    assert registry.names("loss") == ["logit_mimic", "pooled_hint"]
     assert registry.names("model") == ["mlp"]
     assert registry.names("curriculum") == ["self_distillation"]
-    assert registry.names("dataset") == [] and registry.names("logger") == []
+    assert registry.names("logger") == ["csv_metrics"]
+    assert registry.names("dataset") == [] and registry.names("optimizer") == []
