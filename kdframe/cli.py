@@ -203,7 +203,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         if setup.snapshots:
             extras.append(f"keeps snapshots after epochs {', '.join(map(str, setup.snapshots))}")
         more = f" ({'; '.join(extras)})" if extras else ""
-        print(f"  {info.index + 1}. {info.name} ({info.arch}), {info.epochs} epoch{"" if info.epochs == 1 else "s"}, from {teachers}{more}: {terms}")
+        epochs = f"{info.epochs} epoch" + ("" if info.epochs == 1 else "s")
+        print(f"  {info.index + 1}. {info.name} ({info.arch}), {epochs}, from {teachers}{more}: {terms}")
     return 0
 
 
