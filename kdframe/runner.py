@@ -49,7 +49,7 @@ from kdframe.seeding import derived_seed, seed_everything
 from kdframe.stage_kinds import EVALUATE, PRETRAIN, pretrain_name, trains
 from kdframe.state import Control, RunInfo, StageInfo, StageResult
 from kdframe.stage_setup import StageSetup, WeightedTerm, trained_parameters
-from kdframe.trainer import Trainer
+from kdframe.trainer import LoopSettings, StageCallbacks, Trainer
 
 SCHEDULE_FILE = "schedule.json"
 
@@ -500,21 +500,16 @@ def run_stage(
             return
         save_stage_state(stage_folder, setup.info.name, trainer_state, collect_plugin_state(plugins, run, setup.info))
 
-    trainer = Trainer(
-        setup,
-        data,
-        run=run,
-        hook=plugins.hook,
-        device=device,
-        batch_size=schedule.data.batch_size,
-        eval_batch_size=schedule.data.eval_batch_size,
-        seed=schedule.seed,
+    settings = LoopSettings(
+        device, schedule.data.batch_size, schedule.data.eval_batch_size, schedule.seed, schedule.data.num_workers
+    )
+    callbacks = StageCallbacks(
         save_snapshot=snapshot,
         save_state=save_state if trains(setup.kind) else None,
         resume_state=saved["trainer"] if saved is not None else None,
         stop_requested=stop_requested,
-        num_workers=schedule.data.num_workers,
     )
+    trainer = Trainer(setup, data, run, plugins.hook, settings, callbacks)
     outcome = trainer.train()
     missing = sorted(set(setup.snapshots) - taken)
     if missing:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ from kdframe.value_schedule import value_at
 
 __all__ = [
     "COLLAPSE_FACTOR",
+    "LoopSettings",
     "RunInterrupted",
+    "StageCallbacks",
     "StageOutcome",
     "StageSetup",
     "Trainer",
@@ -62,44 +65,61 @@ class RunInterrupted(KdframeError):
     exit_code = 130
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """How a stage's batches are made and where they run.
+
+    Attributes:
+        device: The training device.
+        batch_size: The global training batch (split across processes under torchrun).
+        eval_batch_size: The batch of evaluation and of the teacher-output cache.
+        seed: The schedule's seed; shuffling derives from it and the stage's name.
+        num_workers: DataLoader workers of a :class:`~kdframe.data.StreamingDataset`.
+    """
+
+    device: torch.device
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    num_workers: int = 0
+
+
+@dataclass
+class StageCallbacks:
+    """What the trainer hands back to the runner, and what it continues from.
+
+    Attributes:
+        save_snapshot: Saves the student after an epoch (1-based); returns the file.
+        save_state: Saves the stage's full state after an epoch (``None``: not saved).
+        resume_state: A state saved by ``save_state`` to continue from (``None``: start afresh).
+        stop_requested: The name of a signal that asked the run to stop, or ``None``.
+    """
+
+    save_snapshot: Callable[[nn.Module, int], Path]
+    save_state: Callable[[dict[str, Any]], None] | None = None
+    resume_state: dict[str, Any] | None = None
+    stop_requested: Callable[[], str | None] = lambda: None
+
+
 class Trainer:
     """Trains one stage; ``hook`` is the plugin manager's hook relay."""
 
     def __init__(
-        self,
-        setup: StageSetup,
-        data: AnyDataset,
-        *,
-        run: RunInfo,
-        hook: Any,
-        device: torch.device,
-        batch_size: int,
-        eval_batch_size: int,
-        seed: int,
-        save_snapshot: Callable[[nn.Module, int], Path],
-        save_state: Callable[[dict[str, Any]], None] | None = None,
-        resume_state: dict[str, Any] | None = None,
-        stop_requested: Callable[[], str | None] = lambda: None,
-        num_workers: int = 0,
+        self, setup: StageSetup, data: AnyDataset, run: RunInfo, hook: Any, settings: LoopSettings, callbacks: StageCallbacks
     ) -> None:
         self.setup = setup
         self.data = data
         self.run = run
         self.hook = hook
-        self.device = device
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.seed = seed
-        self.save_snapshot = save_snapshot
-        self.save_state = save_state
-        self.resume_state = resume_state
-        self.stop_requested = stop_requested
-        self.num_workers = num_workers  # DataLoader workers of a StreamingDataset
+        self.settings = settings
+        self.callbacks = callbacks
+        self.device = settings.device
+        self.batch_size = settings.batch_size
         self.control = Control()
         self.state = TrainState()
         self.dist = distributed.current()
-        self.teachers = StageTeachers(setup, device, teacher_cache.default_store())
-        self.step = TrainStep(setup, device, batch_size)
+        self.teachers = StageTeachers(setup, settings.device, teacher_cache.default_store())
+        self.step = TrainStep(setup, settings.device, settings.batch_size)
 
     def _fire(self, name: str, **kwargs: Any) -> None:
         getattr(self.hook, name)(run=self.run, stage=self.setup.info, control=self.control, **kwargs)
@@ -117,7 +137,7 @@ class Trainer:
         assert setup.optimizer is not None  # every stage that trains has one
         optimizer = setup.optimizer.make(named)
         self.step.prepare(parameters)
-        self.teachers.prepare_cache(self.data, self.eval_batch_size)
+        self.teachers.prepare_cache(self.data, self.settings.eval_batch_size)
         steps_per_epoch = batches_per_epoch(self.data.train_count, self.batch_size, self.data.train_count > self.batch_size)
         stage_optimizer = setup.optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -126,8 +146,8 @@ class Trainer:
         self.state = TrainState(batches_per_epoch=steps_per_epoch)
         outcome = StageOutcome(0, 0.0, 0.0, -1, False, False)
         start_epoch = 0
-        if self.resume_state is not None:
-            start_epoch, self.state.step = stage_state.restore(setup, self.resume_state, optimizer, scheduler, outcome)
+        if self.callbacks.resume_state is not None:
+            start_epoch, self.state.step = stage_state.restore(setup, self.callbacks.resume_state, optimizer, scheduler, outcome)
             self.state.best_test_acc = outcome.best_test_acc
 
         self._fire("kdframe_on_stage_start")
@@ -166,11 +186,11 @@ class Trainer:
             self._fire("kdframe_on_epoch_end", state=self.state)
             outcome.history.append(dict(self.state.metrics))
             if self.control.save_checkpoint or epoch + 1 in setup.snapshots:
-                self.save_snapshot(setup.student, epoch + 1)
+                self.callbacks.save_snapshot(setup.student, epoch + 1)
                 self.control.save_checkpoint = False
             self._check_collapse(epoch, test_acc, outcome)
-            if self.save_state is not None:
-                self.save_state(stage_state.checkpoint(setup, epoch + 1, self.state.step, optimizer, scheduler, outcome))
+            if self.callbacks.save_state is not None:
+                self.callbacks.save_state(stage_state.checkpoint(setup, epoch + 1, self.state.step, optimizer, scheduler, outcome))
             if self.control.stop_stage or self.control.stop_run:
                 break
         if setup.kind == PRETRAIN:
@@ -189,7 +209,7 @@ class Trainer:
         for weighted in setup.terms:
             weighted.term.train()
         # Shuffling depends on the seed, the stage's name and the epoch only (not on other stages).
-        stage_seed = derived_seed(self.seed, setup.info.name)
+        stage_seed = derived_seed(self.settings.seed, setup.info.name)
         generator = torch.Generator().manual_seed((stage_seed * 10_007 + epoch) % 2**64)  # any schedule seed
         term_sums = torch.zeros(len(setup.terms), dtype=torch.float64)
         loss_sum = 0.0
@@ -206,7 +226,7 @@ class Trainer:
             drop_last=self.data.train_count > self.batch_size,
             device=self.device,
             dist=self.dist,  # several processes: each gets its share of every global batch
-            num_workers=self.num_workers,
+            num_workers=self.settings.num_workers,
         )
         for batch, (images, labels, indices) in enumerate(batches):
             images = precision.layout(images, config.channels_last)
@@ -305,7 +325,8 @@ class Trainer:
     def _evaluate(self, model: nn.Module) -> tuple[float, float]:
         """Test accuracy (percent) and mean loss; with several processes each evaluates a share."""
         config = self.setup.training
-        batches = eval_batches(self.data, self.eval_batch_size, device=self.device, dist=self.dist, num_workers=self.num_workers)
+        settings = self.settings
+        batches = eval_batches(self.data, settings.eval_batch_size, device=self.device, dist=self.dist, num_workers=settings.num_workers)
         correct, loss_sum = evaluate_batches(model, batches, config.channels_last, config.precision)
         totals = self.dist.sum(torch.tensor([float(correct), loss_sum], dtype=torch.float64))
         count = max(self.data.test_count, 1)
@@ -313,7 +334,7 @@ class Trainer:
 
     def _check_stop(self) -> None:
         """Stop between two batches when a signal asked for it."""
-        signal_name = self.stop_requested()
+        signal_name = self.callbacks.stop_requested()
         if signal_name:
             done = self.state.epoch
             saved = (
