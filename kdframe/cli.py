@@ -27,8 +27,8 @@ EXIT_INTERRUPTED = 130
 
 DESCRIPTION = """\
 kdframe: knowledge distillation for PyTorch. An experiment is a JSON schedule (data, models,
-training, distillation losses, curriculum); losses, models, curricula, datasets and loggers are
-plugins found through the 'kdframe' entry-point group.
+training, distillation losses, curriculum); losses, models, curricula, datasets, loggers, optimizers
+and LR schedules are plugins found through the 'kdframe' entry-point group.
 
 Start with:  kdframe run examples/quickstart.json
 """
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser(
         "plugins",
-        help="list installed components (losses, models, curricula, datasets, loggers)",
+        help="list installed components (losses, models, curricula, datasets, loggers, optimizers, LR schedules)",
         description="List every registered component with its kind, family, summary and the plugin "
         "and distribution that provide it.",
     )
