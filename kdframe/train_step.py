@@ -113,14 +113,16 @@ class TrainStep:
         detached = torch.stack([value.detach().float() for value in values]).cpu().double()
         return StepLoss(total, self.dist.mean(detached))  # the global batch's values, the same on every rank
 
-    def skips(self, loss: StepLoss, where: str) -> bool:
-        """Whether the batch is skipped because a term is non-finite (``on_nonfinite: "skip"``; its
+    def skips(self, loss: StepLoss, epoch: int, batch: int, step: int) -> bool:
+        """Whether the batch (0-based ``epoch``, ``batch`` and optimizer ``step``, for the message) is
+        skipped because a term is non-finite (``on_nonfinite: "skip"``; its
         buffers are then put back). Raises :class:`TrainingError` under ``"stop"`` or when too many
         batches of the epoch were skipped. Every rank decides alike: the values are averaged."""
         if bool(torch.isfinite(loss.values).all()):
             return False
         setup, config = self.setup, self.setup.training
         bad = [w.name for w, v in zip(setup.terms, loss.values.tolist()) if not math.isfinite(v)]
+        where = f"epoch {epoch + 1}, batch {batch + 1} (step {step + 1})"
         if config.on_nonfinite == "stop" or self.skipped >= config.max_skipped_batches:
             reason = (
                 f"became non-finite at {where}"

@@ -243,7 +243,7 @@ class Trainer:
             if setup.teacher_policy is not None:
                 outputs.teacher_weights = run_reweigh(setup.teacher_policy, selection, outputs, setup.policy_provider)
             loss = step.loss(outputs, weights, pretraining)
-            if step.skips(loss, f"epoch {epoch + 1}, batch {batch + 1} (step {self.state.step + 1})"):
+            if step.skips(loss, epoch, batch, self.state.step):
                 self.state.metrics = {"skipped_batches": float(step.skipped), "lr": optimizer.param_groups[0]["lr"]}
                 self._fire("kdframe_on_batch_end", state=self.state)
                 self._check_stop()

@@ -77,12 +77,12 @@ def test_the_step_skips_a_non_finite_batch_and_puts_the_buffers_back(tmp_path) -
     before = [b.clone() for b in step.restorable]
     step.keep_buffers()
     setup.student.train()(torch.randn(4, 1, 16, 16) * 5)  # moves the running statistics
-    assert not step.skips(_loss([1.0]), "here")
-    assert step.skips(_loss([float("nan")]), "here")
+    assert not step.skips(_loss([1.0]), 0, 0, 0)
+    assert step.skips(_loss([float("nan")]), 0, 1, 1)
     assert all(torch.equal(a, b) for a, b in zip(step.restorable, before))
     assert step.skipped == 1
-    with pytest.raises(TrainingError, match=r"more than training.max_skipped_batches=1 batches of one epoch, the last at there"):
-        step.skips(_loss([float("inf")]), "there")
+    with pytest.raises(TrainingError, match=r"more than training.max_skipped_batches=1 batches of one epoch, the last at epoch 1, batch 3 \(step 2\)"):
+        step.skips(_loss([float("inf")]), 0, 2, 1)
 
 
 def test_the_step_stops_on_a_non_finite_term_by_default(tmp_path) -> None:
@@ -90,8 +90,8 @@ def test_the_step_stops_on_a_non_finite_term_by_default(tmp_path) -> None:
     step = TrainStep(setup, torch.device("cpu"), 32)
     step.start_epoch()
     assert step.restorable == []  # nothing to put back under "stop"
-    with pytest.raises(TrainingError, match=r"loss term\(s\) cross_entropy became non-finite at epoch 1"):
-        step.skips(_loss([float("nan")]), "epoch 1")
+    with pytest.raises(TrainingError, match=r"loss term\(s\) cross_entropy became non-finite at epoch 1, batch 1 \(step 1\)"):
+        step.skips(_loss([float("nan")]), 0, 0, 0)
 
 
 def test_the_step_computes_the_weighted_loss_and_steps_the_optimizer(tmp_path) -> None:
