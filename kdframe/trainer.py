@@ -113,8 +113,6 @@ class Trainer:
         self.hook = hook
         self.settings = settings
         self.callbacks = callbacks
-        self.device = settings.device
-        self.batch_size = settings.batch_size
         self.control = Control()
         self.state = TrainState()
         self.dist = distributed.current()
@@ -138,7 +136,8 @@ class Trainer:
         optimizer = setup.optimizer.make(named)
         self.step.prepare(parameters)
         self.teachers.prepare_cache(self.data, self.settings.eval_batch_size)
-        steps_per_epoch = batches_per_epoch(self.data.train_count, self.batch_size, self.data.train_count > self.batch_size)
+        batch_size = self.settings.batch_size
+        steps_per_epoch = batches_per_epoch(self.data.train_count, batch_size, self.data.train_count > batch_size)
         stage_optimizer = setup.optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: stage_optimizer.factor(step, steps_per_epoch, config.epochs)
@@ -221,10 +220,10 @@ class Trainer:
         step.start_epoch()
         batches = train_batches(
             self.data,
-            self.batch_size,
+            self.settings.batch_size,
             generator=generator,
-            drop_last=self.data.train_count > self.batch_size,
-            device=self.device,
+            drop_last=self.data.train_count > self.settings.batch_size,
+            device=self.settings.device,
             dist=self.dist,  # several processes: each gets its share of every global batch
             num_workers=self.settings.num_workers,
         )
@@ -326,7 +325,7 @@ class Trainer:
         """Test accuracy (percent) and mean loss; with several processes each evaluates a share."""
         config = self.setup.training
         settings = self.settings
-        batches = eval_batches(self.data, settings.eval_batch_size, device=self.device, dist=self.dist, num_workers=settings.num_workers)
+        batches = eval_batches(self.data, settings.eval_batch_size, device=settings.device, dist=self.dist, num_workers=settings.num_workers)
         correct, loss_sum = evaluate_batches(model, batches, config.channels_last, config.precision)
         totals = self.dist.sum(torch.tensor([float(correct), loss_sum], dtype=torch.float64))
         count = max(self.data.test_count, 1)
