@@ -20,6 +20,7 @@ from kdframe.errors import (
     CheckpointError,
     ComponentError,
     DataError,
+    ExportError,
     KdframeError,
     LayerError,
     PluginError,
@@ -34,6 +35,7 @@ from kdframe.losses import BuildContext, LayerPair, LossTerm, ModelOutputs, Step
 from kdframe.registry import (
     CurriculumSpec,
     DatasetSpec,
+    ExporterSpec,
     LoggerSpec,
     LossSpec,
     LRScheduleSpec,
@@ -42,6 +44,7 @@ from kdframe.registry import (
     OptimizerSpec,
     Params,
 )
+from kdframe.export import Exporter
 from kdframe.optim import LRSchedule
 from kdframe.teacher_policy import TeacherBatch, TeacherPolicy, TeacherSelection
 from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
@@ -63,6 +66,9 @@ __all__ = [
     "DatasetSpec",
     "describe_value",
     "distill_stage",
+    "Exporter",
+    "ExporterSpec",
+    "ExportError",
     "hookimpl",
     "InMemoryDataset",
     "KdframeError",

@@ -27,8 +27,8 @@ EXIT_INTERRUPTED = 130
 
 DESCRIPTION = """\
 kdframe: knowledge distillation for PyTorch. An experiment is a JSON schedule (data, models,
-training, distillation losses, curriculum); losses, models, curricula, datasets, loggers, optimizers
-and LR schedules are plugins found through the 'kdframe' entry-point group.
+training, distillation losses, curriculum); losses, models, curricula, datasets, loggers, optimizers,
+LR schedules and exporters are plugins found through the 'kdframe' entry-point group.
 
 Start with:  kdframe run examples/quickstart.json
 """
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser(
         "plugins",
-        help="list installed components (losses, models, curricula, datasets, loggers, optimizers, LR schedules)",
+        help="list installed components (losses, models, curricula, datasets, loggers, optimizers, LR schedules, exporters)",
         description="List every registered component with its kind, family, summary and the plugin "
         "and distribution that provide it.",
     )
@@ -114,12 +114,33 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        help="rebuild a sweep's report, or print a run's stage table",
+        help="rebuild a sweep's report, or print a run's stage, compression and export tables",
         description="DIR is a sweep folder (written by 'kdframe sweep'): rebuild results.csv, results.md "
         "and results.png from its run folders and print the Markdown table, listing the runs that are "
-        "missing. Or DIR is a run folder (written by 'kdframe run'): print its stage table.",
+        "missing. Or DIR is a run folder (written by 'kdframe run'): print its stage table, its compression "
+        "report (each model's size and speed against the teacher) and what 'kdframe export' wrote.",
     )
     report.add_argument("folder", metavar="DIR", help="a sweep folder or a run folder")
+
+    export = commands.add_parser(
+        "export",
+        help="export a trained model (ONNX, pt2, TorchScript; int8) and verify it in its runtime",
+        description="Rebuild a stage's trained model from RUN_DIR (default: the last stage that saved a "
+        "model, the run's final student), export it with a dynamic batch size, load the artefact in its "
+        "own runtime (ONNX Runtime, torch.export.load, torch.jit.load), run it on the run's test split and "
+        "report its size, latency, accuracy and largest logit difference against eager PyTorch. --int8 "
+        "also writes a statically quantized model calibrated on training images. Files go to "
+        "RUN_DIR/exports/ (or --out) with a report <stage>.<format>.json; if the export or its check "
+        "fails, nothing is written. See docs/deployment.md.",
+    )
+    export.add_argument("folder", metavar="RUN_DIR", help="the run folder ('Run folder:' of kdframe run)")
+    export.add_argument("--stage", metavar="NAME", help="the stage whose model to export (default: the run's final student)")
+    export.add_argument("--format", default="onnx", metavar="FORMAT", help="a registered exporter: onnx (default), pt2, torchscript, or one a plugin adds ('kdframe plugins --kind exporter')")
+    export.add_argument("--int8", action="store_true", help="also write and verify a post-training int8 model (formats that offer it: onnx)")
+    export.add_argument("--calibration-samples", type=int, default=256, metavar="N", help="training images that calibrate --int8 (default 256)")
+    export.add_argument("--test-samples", type=int, metavar="N", help="verify on the first N test images only (default: the whole test split)")
+    export.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE", help="an exporter param, e.g. --param opset=17 (see 'kdframe plugins --kind exporter --params'); repeatable")
+    export.add_argument("--out", metavar="DIR", help="write the files here instead of RUN_DIR/exports")
 
     schema = commands.add_parser(
         "schema",
@@ -140,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train_and_report(train: Callable[[], tuple[Path, list[Any]]]) -> int:
     """Run ``train`` (a run or a resumed run), then print its results table and folder."""
     from kdframe import distributed
-    from kdframe.results import format_table
+    from kdframe.results import format_compression, format_table
 
     try:
         folder, results = train()
@@ -150,7 +171,11 @@ def _train_and_report(train: Callable[[], tuple[Path, list[Any]]]) -> int:
     if not main:  # under torchrun, rank 0 alone prints
         return 0
     print()
-    print(format_table([result.to_dict() for result in results]))
+    rows = [result.to_dict() for result in results]
+    print(format_table(rows))
+    compression = format_compression(rows)
+    if compression:
+        print("\n" + compression)
     print(f"\nRun folder: {folder}")
     if (folder / "tensorboard").is_dir():  # only when the schedule lists the tensorboard logger
         print(f"TensorBoard: tensorboard --logdir {folder / 'tensorboard'}")
@@ -298,6 +323,41 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exporter_params(pairs: list[str]) -> dict[str, Any]:
+    """``--param KEY=VALUE`` pairs as a dict; a VALUE that is JSON (a number, true, a list) is parsed."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise KdframeError(f"--param '{pair}' is not KEY=VALUE. Write e.g. --param opset=17.")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kdframe.export import export_stage, format_export
+
+    for option, value in (("--calibration-samples", args.calibration_samples), ("--test-samples", args.test_samples)):
+        if value is not None and value < 1:
+            raise KdframeError(f"{option} must be a positive number of images, not {value}.")
+    report, target = export_stage(
+        args.folder,
+        stage=args.stage,
+        format=args.format,
+        params=_exporter_params(args.params),
+        int8=args.int8,
+        calibration_samples=args.calibration_samples,
+        test_samples=args.test_samples,
+        out=args.out,
+    )
+    print(printable(format_export(report), keep_newlines=True))
+    print(f"\nWritten to {target}: {', '.join(artefact.file for artefact in report.artefacts)}, {report.stage}.{report.format}.json")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from kdframe.report import report_text
 
@@ -321,6 +381,7 @@ COMMANDS = {
     "schema": _cmd_schema,
     "sweep": _cmd_sweep,
     "report": _cmd_report,
+    "export": _cmd_export,
 }
 
 

@@ -56,6 +56,10 @@ class ResumeError(KdframeError):
     """A run cannot be resumed as asked (e.g. the schedule changed and --force was not given)."""
 
 
+class ExportError(KdframeError):
+    """A model cannot be exported, or its exported artefact does not compute what the model does."""
+
+
 class SweepError(KdframeError):
     """A sweep file is malformed, one of its variants does not validate, or its runs cannot share."""
 

@@ -36,13 +36,22 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from kdframe.registry import CurriculumSpec, DatasetSpec, LoggerSpec, LossSpec, LRScheduleSpec, ModelSpec, OptimizerSpec
+    from kdframe.registry import (
+        CurriculumSpec,
+        DatasetSpec,
+        ExporterSpec,
+        LoggerSpec,
+        LossSpec,
+        LRScheduleSpec,
+        ModelSpec,
+        OptimizerSpec,
+    )
     from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
 
 #: Version of the plugin API (these hooks and the :mod:`kdframe.state` objects), ``"major.minor"``.
 #: The major number changes when a hook is removed or renamed, or an argument or a state field is
 #: removed or changes meaning; the minor number changes when a hook, argument or field is added.
-PLUGIN_API_VERSION = "2.0"
+PLUGIN_API_VERSION = "2.1"
 
 PROJECT_NAME = "kdframe"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -149,6 +158,21 @@ def kdframe_register_lr_schedules() -> list[LRScheduleSpec]:
     Returns:
         A list of :class:`~kdframe.registry.LRScheduleSpec`. Each spec's factory ``factory(params)``
         returns a :class:`kdframe.optim.LRSchedule`.
+    """
+
+
+@hookspec
+def kdframe_register_exporters() -> list[ExporterSpec]:
+    """Return the deployment formats this plugin provides for ``kdframe export``.
+
+    Called once each time a plugin manager is created; the names must be unique across all plugins.
+    ``kdframe export RUN_DIR --format NAME`` rebuilds a stage's model, exports it with the named
+    exporter, loads the artefact in the exporter's runtime and verifies it against eager PyTorch.
+
+    Returns:
+        A list of :class:`~kdframe.registry.ExporterSpec`. Each spec's factory ``factory(params)``
+        returns a :class:`kdframe.export.Exporter`; set ``supports_int8`` when its ``quantize``
+        writes int8 artefacts.
     """
 
 

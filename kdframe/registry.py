@@ -1,7 +1,8 @@
 """Component specs and the index built from the ``kdframe_register_*`` hooks.
 
-A component is anything a schedule names: a loss strategy, a model architecture, a curriculum, a
-dataset, a logger, an optimizer or a learning-rate schedule. Plugins describe each one with a spec (name, summary, a Pydantic ``Params`` model
+A component is anything a schedule names (a loss strategy, a model architecture, a curriculum, a
+dataset, a logger, an optimizer or a learning-rate schedule) or ``kdframe export`` writes with (an
+exporter). Plugins describe each one with a spec (name, summary, a Pydantic ``Params`` model
 and a factory) returned from a registration hook. The registry is built from those hooks each time a
 plugin manager is created; there is no second, global dictionary.
 """
@@ -136,6 +137,19 @@ class LRScheduleSpec(ComponentSpec):
 
 
 @dataclass(frozen=True)
+class ExporterSpec(ComponentSpec):
+    """A deployment format for ``kdframe export``. ``factory(params)`` returns a
+    :class:`kdframe.export.Exporter` (``export``, ``load`` and, for int8, ``quantize``).
+
+    Attributes:
+        supports_int8: Whether the exporter's ``quantize`` writes int8 artefacts (``--int8``).
+    """
+
+    kind: ClassVar[str] = "exporter"
+    supports_int8: bool = False
+
+
+@dataclass(frozen=True)
 class ComponentKind:
     """One kind of component: its spec class, the hook that registers it and its plural for
     listings. :data:`COMPONENT_KINDS` is the one table the registry, the CLI (``kdframe plugins
@@ -160,6 +174,7 @@ COMPONENT_KINDS: tuple[ComponentKind, ...] = (
     ComponentKind(LoggerSpec, "kdframe_register_loggers", "loggers"),
     ComponentKind(OptimizerSpec, "kdframe_register_optimizers", "optimizers"),
     ComponentKind(LRScheduleSpec, "kdframe_register_lr_schedules", "LR schedules"),
+    ComponentKind(ExporterSpec, "kdframe_register_exporters", "exporters"),
 )
 #: Spec class by kind name.
 KINDS: dict[str, type[ComponentSpec]] = {kind.name: kind.spec for kind in COMPONENT_KINDS}

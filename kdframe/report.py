@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from kdframe.errors import SweepError
-from kdframe.results import RESULTS_FILE, format_table
+from kdframe.export import format_exports
+from kdframe.results import RESULTS_FILE, format_compression, format_table
 
 SWEEP_FILE = "sweep.json"
 SCHEDULE_FILE = "schedule.json"
@@ -42,6 +43,11 @@ CSV_COLUMNS = [
     "best_acc_std",
     "params",
     "wall_time_s_mean",
+    "macs",
+    "size_mb",
+    "latency_b1_ms_mean",
+    "params_x",
+    "speedup_x_mean",
     "missing_seeds",
     "collapsed_seeds",
 ]
@@ -49,7 +55,9 @@ NOTE = (
     "Accuracy: test accuracy (%) of each variant's report model, mean ± sample standard deviation "
     "(n - 1) over seeds (n/a with one seed); *final* is the last epoch of each run, *best* its best "
     "epoch. Time / seed: mean over seeds of the wall time of the stages each run trained itself "
-    "(models reused from other runs are not counted)."
+    "(models reused from other runs are not counted). MACs, size and latency (median at batch 1, "
+    "mean over seeds) are the compression report's; ×: how many times fewer parameters and how "
+    "many times faster than the run's teacher (see docs/deployment.md)."
 )
 _SEED_FOLDER = re.compile(r"^seed-(\d+)$")
 
@@ -67,6 +75,11 @@ class VariantRow:
     best: list[float] = field(default_factory=list)
     wall_times: list[float] = field(default_factory=list)
     params: int | None = None
+    macs: int | None = None
+    size_mb: float | None = None
+    params_x: float | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+    speedups: list[float] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     collapsed: list[int] = field(default_factory=list)
 
@@ -101,6 +114,32 @@ class VariantRow:
     @property
     def wall_time_mean(self) -> float | None:
         return self._mean(self.wall_times)
+
+    @property
+    def latency_mean(self) -> float | None:
+        return self._mean(self.latencies_ms)
+
+    @property
+    def speedup_mean(self) -> float | None:
+        return self._mean(self.speedups)
+
+    def add_compression(self, figures: Any) -> None:
+        """Take one seed's ``compression`` entry (ignored when absent or malformed)."""
+        if not isinstance(figures, dict):
+            return
+        try:
+            latency = float(figures["latency"]["median_ms"])
+            macs, size = int(figures["macs"]), float(figures["size_mb"])
+            versus = figures.get("vs_reference") or {}
+            params_x, speedup = versus.get("params_x"), versus.get("speedup_x")
+        except (KeyError, TypeError, ValueError):
+            return
+        self.latencies_ms.append(latency)
+        if self.macs is None:
+            self.macs, self.size_mb = macs, size
+            self.params_x = float(params_x) if isinstance(params_x, (int, float)) else None
+        if isinstance(speedup, (int, float)):
+            self.speedups.append(float(speedup))
 
 
 @dataclass
@@ -238,6 +277,7 @@ def _add_seed(row: VariantRow, run_folder: Path, seed: int, stage: str | None) -
     row.wall_times.append(wall)
     if row.params is None and chosen.get("params") is not None:
         row.params = int(chosen["params"])
+    row.add_compression(chosen.get("compression"))
     if chosen.get("collapsed"):
         row.collapsed.append(seed)
     if not row.stage:
@@ -268,6 +308,14 @@ def _seconds(value: float | None) -> str:
     return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}×"
+
+
 def _acc(mean: float | None, std: float | None, n: int) -> str:
     if mean is None:
         return "-"
@@ -277,8 +325,8 @@ def _acc(mean: float | None, std: float | None, n: int) -> str:
 def markdown_table(report: SweepReport) -> str:
     """The Markdown table: one row per variant."""
     lines = [
-        "| variant | model | seeds | final acc % | best acc % | params | time / seed |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| variant | model | seeds | final acc % | best acc % | params | MACs | latency b1 | × fewer params | × faster | time / seed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report.rows:
         seeds = str(row.n) if row.n == row.expected else f"{row.n}/{row.expected}"
@@ -288,7 +336,8 @@ def markdown_table(report: SweepReport) -> str:
             final += f" (collapsed: seed{plural} {', '.join(map(str, row.collapsed))})"
         lines.append(
             f"| {row.variant} | {row.model or '-'} | {seeds} | {final} | {_acc(row.best_mean, row.best_std, row.n)} "
-            f"| {_count(row.params)} | {_seconds(row.wall_time_mean)} |"
+            f"| {_count(row.params)} | {_count(row.macs)} | {_ms(row.latency_mean)} | {_x(row.params_x)} "
+            f"| {_x(row.speedup_mean)} | {_seconds(row.wall_time_mean)} |"
         )
     return "\n".join(lines)
 
@@ -336,6 +385,11 @@ def csv_text(report: SweepReport) -> str:
                 _number(row.best_std, std=True, n=row.n),
                 "" if row.params is None else row.params,
                 _number(row.wall_time_mean),
+                "" if row.macs is None else row.macs,
+                _number(row.size_mb),
+                _number(row.latency_mean),
+                _number(row.params_x),
+                _number(row.speedup_mean),
                 " ".join(map(str, row.missing)),
                 " ".join(map(str, row.collapsed)),
             ]
@@ -422,10 +476,17 @@ def report_text(folder: str | Path) -> str:
             raise SweepError(f"'{folder / RESULTS_FILE}' is not a results.json written by kdframe.")
         try:
             table = format_table(results["stages"])
+            compression = format_compression(results["stages"])
         except (KeyError, TypeError, ValueError) as error:
             raise SweepError(f"'{folder / RESULTS_FILE}' has a malformed stage row ({error}).") from None
         status = "finished" if results.get("finished") else "not finished (a stage is running, or the run stopped)"
-        return f"Run '{results.get('name', folder.name)}' in {folder}: {status}\n\n{table}"
+        text = f"Run '{results.get('name', folder.name)}' in {folder}: {status}\n\n{table}"
+        if compression:
+            text += f"\n\n{compression}"
+        exports = format_exports(folder)
+        if exports:
+            text += f"\n\n{exports}"
+        return text
     raise SweepError(_not_a_report_folder(folder))
 
 

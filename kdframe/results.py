@@ -31,6 +31,58 @@ def _count(value: int) -> str:
     return str(value)
 
 
+def _times(value: Any) -> str:
+    return f"{value:.1f}x" if isinstance(value, (int, float)) else "-"
+
+
+def format_grid(lines: list[list[str]]) -> str:
+    """Rows of cells as a plain-text table; the first row is the header."""
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    text = []
+    for number, line in enumerate(lines):
+        text.append("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+        if number == 0:
+            text.append("  ".join("-" * width for width in widths))
+    return "\n".join(text)
+
+
+def format_compression(rows: list[dict[str, Any]]) -> str:
+    """The compact compression table of a run's stage rows (as in ``results.json``): each model's
+    size and speed and how many times smaller and faster than the run's teacher it is; "" when no
+    row has a ``compression`` entry."""
+    measured = [row for row in rows if isinstance(row.get("compression"), dict)]
+    if not measured:
+        return ""
+    first = measured[0]["compression"]
+    header = ["model", "params", "MACs", "size", "latency b1", "throughput", "acc %", "params /", "MACs /", "speed-up", "acc Δ"]
+    lines = [header]
+    for row in measured:
+        figures = row["compression"]
+        vs = figures.get("vs_reference", {})
+        delta = vs.get("acc_delta")
+        lines.append(
+            [
+                row["model"],
+                _count(int(figures["params"])),
+                _count(int(figures["macs"])),
+                f"{figures['size_mb']:.2f} MB",
+                f"{figures['latency']['median_ms']:.2f} ms",
+                f"{_count(int(figures['throughput']['images_per_s']))} img/s",
+                f"{row['final_test_acc']:.2f}",
+                _times(vs.get("params_x")),
+                _times(vs.get("macs_x")),
+                _times(vs.get("speedup_x")),
+                "-" if delta is None else f"{delta:+.2f}",
+            ]
+        )
+    title = (
+        f"Compression vs the teacher '{first.get('reference', '?')}' (fp32, eager PyTorch on "
+        f"{first.get('device', '?')}, {first.get('threads', '?')} threads; latency: median of batch 1, "
+        f"throughput: batch {first['throughput']['batch']}):"
+    )
+    return title + "\n" + format_grid(lines)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of stage results (rows as in ``results.json``)."""
     header = ["stage", "arch", "teachers", "epochs", "final acc %", "best acc % (epoch)", "params", "time"]
@@ -50,10 +102,4 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"{row['wall_time_s']:.0f} s",
             ]
         )
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    text = []
-    for number, line in enumerate(lines):
-        text.append("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
-        if number == 0:
-            text.append("  ".join("-" * width for width in widths))
-    return "\n".join(text)
+    return format_grid(lines)

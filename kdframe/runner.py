@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from kdframe import checkpoints, distributed, dry_step, folders, snapshots, teacher_cache
+from kdframe.compression_report import RunCompression
 from kdframe.curriculum import StagePlan, make_curriculum, plan_stages
 from kdframe.data import AnyDataset, InMemoryDataset, StreamingDataset
 from kdframe.errors import ComponentError, DataError, KdframeError, PluginError, ResumeError, RunFolderError, TrainingError
@@ -142,27 +143,31 @@ def build_models(schedule: Schedule, plugins: Plugins, data: AnyDataset) -> dict
 
     Each model's initial weights depend only on the seed and the model's name.
     """
-    models: dict[str, nn.Module] = {}
-    for key, config in schedule.models.items():
-        spec = plugins.registry.spec("model", config.arch)
-        params = component_params(plugins.registry, "model", config.arch, config.params, f"models.{key}")
-        torch.manual_seed(derived_seed(schedule.seed, f"model:{key}"))
-        try:
-            with plugins.registry.component_code("model", config.arch, f"its factory (models.{key})"):
-                model = spec.factory(params, data.info)
-        except PluginError as error:
-            cause = error.__cause__
-            if not isinstance(cause, (ValueError, TypeError, RuntimeError)):
-                raise
-            # Usually params that do not fit the data (too deep for the image size, say).
-            raise ComponentError(
-                f"models.{key}: architecture '{config.arch}' could not be built with these params for "
-                f"data of shape {data.info.in_channels}x{data.info.image_size[0]}x{data.info.image_size[1]}: {cause}"
-            ) from cause
-        if config.checkpoint is not None:
-            checkpoints.load_into(model, config.checkpoint, label=f"model '{key}' ({config.arch})", expected_arch=config.arch)
-        models[key] = model
-    return models
+    return {key: build_model(schedule, plugins, data, key) for key in schedule.models}
+
+
+def build_model(schedule: Schedule, plugins: Plugins, data: AnyDataset, key: str, *, load_checkpoint: bool = True) -> nn.Module:
+    """Instantiate the schedule's model ``key`` (seeded by the run's seed and the model's name) and,
+    unless ``load_checkpoint`` is false, load its ``checkpoint``."""
+    config = schedule.models[key]
+    spec = plugins.registry.spec("model", config.arch)
+    params = component_params(plugins.registry, "model", config.arch, config.params, f"models.{key}")
+    torch.manual_seed(derived_seed(schedule.seed, f"model:{key}"))
+    try:
+        with plugins.registry.component_code("model", config.arch, f"its factory (models.{key})"):
+            model = spec.factory(params, data.info)
+    except PluginError as error:
+        cause = error.__cause__
+        if not isinstance(cause, (ValueError, TypeError, RuntimeError)):
+            raise
+        # Usually params that do not fit the data (too deep for the image size, say).
+        raise ComponentError(
+            f"models.{key}: architecture '{config.arch}' could not be built with these params for "
+            f"data of shape {data.info.in_channels}x{data.info.image_size[0]}x{data.info.image_size[1]}: {cause}"
+        ) from cause
+    if load_checkpoint and config.checkpoint is not None:
+        checkpoints.load_into(model, config.checkpoint, label=f"model '{key}' ({config.arch})", expected_arch=config.arch)
+    return model
 
 
 def _term_labels(names: list[str]) -> list[str]:
@@ -399,6 +404,9 @@ def execute(
     results: list[StageResult] = []
     current: StageInfo | None = None
     stop_signals = StopSignals()
+    compression = RunCompression(
+        schedule.compression, experiment.models, experiment.setups, data, device, schedule.data.eval_batch_size
+    )
     try:
         control = Control()
         plugins.hook.kdframe_on_run_start(run=run, control=control)
@@ -408,6 +416,7 @@ def execute(
             if resuming and setup.info.name in finished:
                 restore_finished_stage(experiment, setup)
                 results.append(stage_result_from_row(finished[setup.info.name]))
+                compression.record(results[-1])
                 continue
             current = setup.info
             with stop_signals.installed(), deterministic_algorithms(schedule.deterministic):
@@ -415,6 +424,8 @@ def execute(
                     experiment, setup, run, folder, data, device, resume=resuming, stop_requested=stop_signals
                 )
             resuming = False  # only the first unfinished stage continues from a saved state
+            if main:  # one process times the model, so that others do not skew its timings
+                result = dataclasses.replace(result, compression=compression.stage_report(result, setup.student))
             results.append(result)
             if main:
                 write_results(folder, schedule.name, results, finished=False)

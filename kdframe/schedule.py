@@ -206,6 +206,13 @@ class TrainingConfig(StrictModel):
         "or 'disk' insist (an error where caching is invalid); 'off' runs the teachers every batch.",
     )
     grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this.")
+    quantization_aware: bool = Field(
+        False,
+        description="Quantization-aware distillation: train the student with its convolutions and linear "
+        "layers fake-quantized to int8 (weights per channel, inputs per tensor; straight-through "
+        "gradients), so that it keeps its accuracy after 'kdframe export --int8'. Usually set for the "
+        "final student only, in training.stages.",
+    )
 
     on_collapse: Literal["warn", "stop"] = Field(
         "warn",
@@ -299,6 +306,20 @@ class LoggingConfig(StrictModel):
     )
 
 
+class CompressionConfig(StrictModel):
+    """The compression report: each stage's model measured at the end of its stage (parameters,
+    MACs, size, latency) and compared with the run's teacher (see docs/deployment.md)."""
+
+    enabled: bool = Field(True, description="Measure every stage's model; false leaves 'compression' out of results.json.")
+    latency_budget_s: float = Field(
+        1.0, gt=0.0, le=600.0, description="The most seconds of timed forward passes per model and batch size (at least 3 are timed)."
+    )
+    latency_repeats: int = Field(30, ge=3, le=100_000, description="The most timed forward passes per model and batch size.")
+    throughput_batch: int = Field(
+        64, ge=1, le=100_000, description="Batch size of the throughput timing (test images; capped by the test split)."
+    )
+
+
 class PluginsConfig(StrictModel):
     """Which installed plugins a run loads (applied when kdframe builds the plugin manager)."""
 
@@ -336,6 +357,7 @@ class Schedule(StrictModel):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Loss terms.")
     curriculum: CurriculumConfig
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Loggers.")
+    compression: CompressionConfig = Field(default_factory=CompressionConfig, description="The compression report.")
     plugins: PluginsConfig = Field(default_factory=PluginsConfig, description="Plugin selection.")
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)

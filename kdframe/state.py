@@ -123,6 +123,9 @@ class StageResult:
         checkpoint: ``student.pt`` of the stage, relative to the run folder ("" for an ``evaluate`` stage).
         collapsed: Whether test accuracy stayed at chance level after the warm-up.
         skipped_batches: Batches skipped for a non-finite loss (``training.on_nonfinite: "skip"``).
+        compression: The model's measured size and speed and its ratios to the run's teacher
+            (:mod:`kdframe.compression_report`); ``None`` when ``compression.enabled`` is false or
+            the stage ran under an earlier kdframe.
     """
 
     stage: str
@@ -139,6 +142,7 @@ class StageResult:
     checkpoint: str
     collapsed: bool
     skipped_batches: int = 0
+    compression: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdframe import distributed, precision, stage_state, teacher_cache
+from kdframe import distributed, fake_quant, precision, stage_state, teacher_cache
 from kdframe.data import AnyDataset, batches_per_epoch, eval_batches, train_batches
 from kdframe.errors import KdframeError, TrainingError
 from kdframe.evaluation import evaluate_batches
@@ -123,7 +123,16 @@ class Trainer:
         getattr(self.hook, name)(run=self.run, stage=self.setup.info, control=self.control, **kwargs)
 
     def train(self) -> StageOutcome:
-        """Run the stage to the end (or until a hook stops it) and report the outcome."""
+        """Run the stage to the end (or until a hook stops it) and report the outcome; with
+        ``training.quantization_aware`` the student trains fake-quantized (:mod:`kdframe.fake_quant`)."""
+        quantized = self.setup.training.quantization_aware and self.setup.kind == TRAIN
+        remove = fake_quant.install(self.setup.student) if quantized else (lambda: None)
+        try:
+            return self._train()
+        finally:
+            remove()
+
+    def _train(self) -> StageOutcome:
         setup, config = self.setup, self.setup.training
         self.teachers.freeze()
         if setup.kind == EVALUATE:

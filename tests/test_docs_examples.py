@@ -122,6 +122,21 @@ def test_confident_teachers_weigh_each_batch_and_evaluate_the_ensemble(tmp_path)
 # --- docs/plugins.md -------------------------------------------------------------------------------
 
 
+def test_the_exporter_example_writes_and_verifies_an_optimized_onnx_model(tmp_path) -> None:
+    from kdframe.export import export_stage
+
+    module = docs_module("plugins.md", "# my_exporters/__init__.py")
+    plugins = plugins_with(module)
+    schedule = tiny_schedule(**{"curriculum": {"name": "direct", "params": {"student": "student"}}})
+    run(tmp_path, schedule, plugins)
+    report, target = export_stage(tmp_path / "run", format="ort_optimized", params={"level": "basic"}, plugins=plugins)
+    (artefact,) = report.artefacts
+    assert artefact.file == "student.ort-optimized.onnx" and (target / artefact.file).is_file()
+    assert not (target / "plain.onnx").exists()
+    assert artefact.max_abs_diff < 1e-3 and artefact.agreement == 100.0
+    assert report.exporter_params == {"level": "basic"} and report.runtime.startswith("ONNX Runtime")
+
+
 def test_the_optimizer_example_trains_with_lion_and_a_linear_decay(tmp_path) -> None:
     module = docs_module("plugins.md", "# my_optim/__init__.py")
     lrs: list[list[float]] = []

@@ -101,8 +101,8 @@ def test_csv_md_and_png(sweep_folder) -> None:
     assert float(takd["final_acc_mean"]) == pytest.approx(80.0) and takd["missing_seeds"] == "1 2"
 
     text = (sweep_folder / "results.md").read_text()
-    assert "| NOKD | student | 3 | 72.00 ± 2.00 | 73.00 ± 1.73 | 10.4k | 12 s |" in text
-    assert "| TAKD | student | 1/3 | 80.00 ± n/a | 81.50 ± n/a | 10.4k | 36 s |" in text
+    assert "| NOKD | student | 3 | 72.00 ± 2.00 | 73.00 ± 1.73 | 10.4k | - | - | - | - | 12 s |" in text
+    assert "| TAKD | student | 1/3 | 80.00 ± n/a | 81.50 ± n/a | 10.4k | - | - | - | - | 36 s |" in text
     assert "sample standard deviation (n - 1)" in text and "each run trained itself" in text
     assert "Sharing: `teacher` trained once in BLKD/seed-0, reused by TAKD/seed-0." in text
     assert "Missing: TAKD seed 1 (not run), TAKD seed 2 (stage 'student' not finished)." in text
@@ -144,7 +144,7 @@ def test_kdframe_report_on_a_sweep_folder(sweep_folder, capsys) -> None:
     (sweep_folder / "results.md").unlink(missing_ok=True)
     assert main(["report", str(sweep_folder)]) == 0
     printed = capsys.readouterr().out
-    assert "| variant | model | seeds | final acc % | best acc % | params | time / seed |" in printed
+    assert "| variant | model | seeds | final acc % | best acc % | params | MACs | latency b1 | × fewer params | × faster | time / seed |" in printed
     assert "| NOKD | student | 3 | 72.00 ± 2.00 |" in printed
     assert "Missing: TAKD seed 1 (not run)" in printed
     for name in ("results.md", "results.csv", "results.png"):

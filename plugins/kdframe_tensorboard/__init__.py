@@ -12,7 +12,10 @@ Registers the ``tensorboard`` logger. For every stage of a run it writes one Ten
 * text ``schedule`` (the resolved schedule as JSON) and ``stage`` (student, architecture, teachers,
   losses) at stage start;
 * at stage end, the stage's hyper-parameters with the metrics ``hparam/final_test_acc``,
-  ``hparam/best_test_acc`` and ``hparam/wall_time_s`` for TensorBoard's HParams tab.
+  ``hparam/best_test_acc`` and ``hparam/wall_time_s`` for TensorBoard's HParams tab, and, when the
+  run measures its compression report, ``hparam/params``, ``hparam/macs``, ``hparam/size_mb``,
+  ``hparam/latency_ms`` (batch 1) and the ratios to the teacher ``hparam/params_x``,
+  ``hparam/speedup_x`` and ``hparam/acc_delta``.
 
 Schedule example::
 

@@ -20,6 +20,29 @@ FOLDER = "tensorboard"
 
 #: Metrics written next to the stage's hyper-parameters for the HParams tab.
 HPARAM_METRICS = ("hparam/final_test_acc", "hparam/best_test_acc", "hparam/wall_time_s")
+#: Metrics from the stage's compression report (when the run measured one), by where they are in it.
+COMPRESSION_METRICS = {
+    "hparam/params": ("params",),
+    "hparam/macs": ("macs",),
+    "hparam/size_mb": ("size_mb",),
+    "hparam/latency_ms": ("latency", "median_ms"),
+    "hparam/params_x": ("vs_reference", "params_x"),
+    "hparam/speedup_x": ("vs_reference", "speedup_x"),
+    "hparam/acc_delta": ("vs_reference", "acc_delta"),
+}
+
+
+def compression_metrics(compression: dict[str, Any] | None) -> dict[str, float]:
+    """The HParams metrics of a compression report: size, MACs, latency and ratios to the teacher."""
+    metrics: dict[str, float] = {}
+    for tag, path in COMPRESSION_METRICS.items():
+        value: Any = compression
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        number = _number(value)
+        if number is not None:
+            metrics[tag] = number
+    return metrics
 
 
 class TensorBoardParams(kdframe.Params):
@@ -213,6 +236,7 @@ class TensorBoardLogger:
             "hparam/final_test_acc": float(result.final_test_acc),
             "hparam/best_test_acc": float(result.best_test_acc),
             "hparam/wall_time_s": float(result.wall_time_s),
+            **compression_metrics(result.compression),
         }
         own = _clean_hparams(stage.hparams)
         union: dict[str, bool | int | float | str] = {}

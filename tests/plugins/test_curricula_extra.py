@@ -379,7 +379,7 @@ def test_dgkd_end_to_end_with_teacher_dropout(tmp_path) -> None:
     with torch.no_grad():
         for entry in probe.log[per_stage:]:
             images = experiment.data.train_images[entry["indices"]]
-            assert torch.allclose(entry["first_logits"], assistant(images), atol=1e-5)
+            assert torch.allclose(entry["first_logits"], assistant(images), atol=1e-3)  # logits of magnitude ~100: float rounding differs by CPU
     for row_ in results["stages"]:
         assert 0.0 <= row_["final_test_acc"] <= 100.0
 

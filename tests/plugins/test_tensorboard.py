@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 from pathlib import Path
 
@@ -341,3 +343,26 @@ def test_unregister_after_run(plugins: Plugins, tmp_path: Path) -> None:
     make_logger(plugins, second)
     drive_run(plugins, make_run(second))
     assert sorted(p.name for p in (second / "tensorboard").iterdir()) == ["00-teacher", "01-student"]
+
+
+def test_the_compression_report_is_in_the_hparams(plugins: Plugins, tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    make_logger(plugins, tmp_path)
+    stage = run.stages[1]
+    compression = {
+        "params": 250, "macs": 4000, "size_mb": 0.5, "latency": {"median_ms": 0.25},
+        "vs_reference": {"params_x": 4.0, "macs_x": 8.0, "size_x": 4.0, "speedup_x": 2.5, "acc_delta": None},
+    }
+    result = dataclasses.replace(make_result(stage), compression=compression)
+    plugins.hook.kdframe_on_stage_start(run=run, stage=stage, control=Control())
+    plugins.hook.kdframe_on_stage_end(run=run, stage=stage, result=result, control=Control())
+    acc = load(tmp_path / "tensorboard" / "01-student")
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.EXPERIMENT_TAG]
+    )
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "hparam/final_test_acc", "hparam/best_test_acc", "hparam/wall_time_s", "hparam/params", "hparam/macs",
+        "hparam/size_mb", "hparam/latency_ms", "hparam/params_x", "hparam/speedup_x",
+    ]  # acc_delta is unknown here, so it is left out
+    assert_scalars(acc, "hparam/macs", [EPOCHS], [4000.0])
+    assert_scalars(acc, "hparam/speedup_x", [EPOCHS], [2.5])
