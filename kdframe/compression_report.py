@@ -10,7 +10,11 @@ wall time does not include the measuring)::
 
     {"params", "macs", "size_mb", "latency": {"batch": 1, "median_ms", "iqr_ms", "repeats",
      "images_per_s"}, "throughput": {...}, "device", "threads", "reference": "teacher",
+     "reference_figures": {"params", "macs", "size_mb", "latency", "throughput", "test_acc"},
      "vs_reference": {"params_x", "macs_x", "size_x", "speedup_x", "acc_delta"}}
+
+``reference_figures`` repeats the teacher's own figures, so that a teacher no stage trains (one
+loaded from a checkpoint) still has its row in the printed table.
 
 Measuring uses no random numbers and leaves the model's weights, buffers and mode as they were,
 so a run trains the same with the report on or off.
@@ -115,5 +119,12 @@ class RunCompression:
         self.record(result)
         figures = self._measure(result.model, model)
         reference = self._measure(self.reference, self.models[self.reference])
-        comparison = ratios(figures, reference, result.final_test_acc, self._reference_accuracy())
-        return {**figures, "reference": self.reference, "vs_reference": comparison}
+        reference_accuracy = self._reference_accuracy()
+        comparison = ratios(figures, reference, result.final_test_acc, reference_accuracy)
+        teacher = {key: reference[key] for key in ("params", "macs", "size_mb", "latency", "throughput")}
+        return {
+            **figures,
+            "reference": self.reference,
+            "reference_figures": {**teacher, "test_acc": reference_accuracy},
+            "vs_reference": comparison,
+        }

@@ -56,6 +56,16 @@ def format_compression(rows: list[dict[str, Any]]) -> str:
     first = measured[0]["compression"]
     header = ["model", "params", "MACs", "size", "latency b1", "throughput", "acc %", "params /", "MACs /", "speed-up", "acc Δ"]
     lines = [header]
+    reference = first.get("reference")
+    teacher = first.get("reference_figures")
+    if isinstance(teacher, dict) and reference not in {row["model"] for row in measured}:
+        # A teacher loaded from a checkpoint has no stage: its figures come with every stage's.
+        accuracy = teacher.get("test_acc")
+        measured = [
+            {"model": f"{reference} (checkpoint)", "final_test_acc": accuracy, "compression": {**teacher, "vs_reference": {
+                "params_x": 1.0, "macs_x": 1.0, "speedup_x": 1.0, "acc_delta": 0.0 if accuracy is not None else None}}},
+            *measured,
+        ]
     for row in measured:
         figures = row["compression"]
         vs = figures.get("vs_reference", {})
@@ -68,7 +78,7 @@ def format_compression(rows: list[dict[str, Any]]) -> str:
                 f"{figures['size_mb']:.2f} MB",
                 f"{figures['latency']['median_ms']:.2f} ms",
                 f"{_count(int(figures['throughput']['images_per_s']))} img/s",
-                f"{row['final_test_acc']:.2f}",
+                "-" if row["final_test_acc"] is None else f"{row['final_test_acc']:.2f}",
                 _times(vs.get("params_x")),
                 _times(vs.get("macs_x")),
                 _times(vs.get("speedup_x")),

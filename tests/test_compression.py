@@ -139,6 +139,10 @@ def test_a_teacher_from_a_checkpoint_is_the_reference_and_evaluated_once(tmp_pat
     teacher_acc = results["stages"][0]["final_test_acc"]
     assert student.compression["reference"] == "teacher"
     assert student.compression["vs_reference"]["acc_delta"] == pytest.approx(student.final_test_acc - teacher_acc, abs=1e-3)
+    assert student.compression["reference_figures"]["test_acc"] == pytest.approx(teacher_acc, abs=1e-3)
+    assert student.compression["reference_figures"]["params"] == results["stages"][0]["params"]
+    table = format_compression([student.to_dict()])
+    assert "teacher (checkpoint)" in table.splitlines()[3] and f"{teacher_acc:.2f}" in table  # its row comes first
 
 
 def test_a_sweep_report_shows_the_figures(tmp_path: Path, run) -> None:
