@@ -21,6 +21,7 @@ nothing is written.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -55,18 +56,19 @@ CALIBRATION_SAMPLES = 256
 Runner = Callable[[Tensor], Tensor]
 
 
-class Exporter:
+class Exporter(abc.ABC):
     """A deployment format: how to write a model and how to run what was written.
 
     Subclass it in a plugin and return an instance from an :class:`~kdframe.registry.ExporterSpec`'s
-    factory. ``export`` and ``load`` are required; ``quantize`` only for formats that offer int8.
+    factory. ``export`` and ``load`` are abstract; ``quantize`` is needed only by formats whose spec
+    sets ``supports_int8`` (the core never calls it otherwise).
+
+    The :attr:`runtime` property names the runtime that loads the artefact, e.g.
+    ``"ONNX Runtime 1.32.0"`` (shown in reports).
 
     Attributes:
         suffix: The artefact's file name ending, e.g. ``".onnx"``: ``kdframe export`` writes
             ``<stage><suffix>`` (and ``<stage>.int8<suffix>``), so formats need distinct suffixes.
-    The :attr:`runtime` property names the runtime that loads the artefact, e.g.
-    ``"ONNX Runtime 1.32.0"`` (shown in reports). An exporter whose spec sets ``supports_int8``
-    implements :meth:`quantize`.
     """
 
     suffix: ClassVar[str] = ""
@@ -76,21 +78,21 @@ class Exporter:
         """The runtime that loads the artefact, with its version."""
         return type(self).__name__
 
+    @abc.abstractmethod
     def export(self, model: nn.Module, example: Tensor, path: Path) -> None:
         """Write ``model`` (eval mode, CPU, fp32) to ``path``, with the batch dimension of its input
         dynamic; ``example`` is a real batch of at least two images. Raise on failure (the core
         names the operation that failed and the alternatives)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load(self, path: Path) -> Runner:
         """Load the artefact at ``path`` in this format's own runtime and return a function from a
         CPU float32 image batch ``(N, C, H, W)`` to its logits ``(N, classes)`` as a tensor."""
-        raise NotImplementedError
 
     def quantize(self, source: Path, path: Path, calibration: Tensor) -> None:
         """Write an int8 version of the artefact ``source`` to ``path``, calibrated on the images
         ``calibration`` (``(N, C, H, W)``, training images)."""
-        raise NotImplementedError
+        raise ExportError(f"{type(self).__name__} does not implement int8 quantization; leave out --int8.")
 
 
 @dataclass
@@ -168,6 +170,10 @@ def quiet_exporters() -> Iterator[None]:
         torch_logger.setLevel(previous)
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
 def failed_operation(error: BaseException) -> str:
     """What in the model an exporter could not handle, in words, from its exception."""
     text = str(error)
@@ -216,10 +222,9 @@ def verify(
     except KdframeError:
         raise
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
         raise ExportError(
             f"{label} was written but fails to run in its runtime on test images ({type(error).__name__}: "
-            f"{first_line}); nothing was written. Its batch size may not be dynamic: report this to the "
+            f"{_first_line(error)}); nothing was written. Its batch size may not be dynamic: report this to the "
             "exporter's authors, or use another --format."
         ) from error
     throughput_images = first[: settings.throughput_batch]
@@ -247,9 +252,8 @@ def _load(exporter: Exporter, path: Path, label: str) -> Runner:
     except KdframeError:
         raise
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
         raise ExportError(
-            f"{label} was written but its runtime cannot load it ({type(error).__name__}: {first_line}); "
+            f"{label} was written but its runtime cannot load it ({type(error).__name__}: {_first_line(error)}); "
             "nothing was written. Report this to the exporter's authors, or use another --format."
         ) from error
 
@@ -349,6 +353,8 @@ def export_stage(
             try:
                 with quiet_exporters():
                     exporter.quantize(fp32_path, int8_path, calibration)
+            except KdframeError:
+                raise
             except Exception as error:
                 raise ExportError(
                     f"Quantizing the {format} export of {label} to int8 failed: {failed_operation(error)}. "

@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from kdframe import checkpoints, distributed, dry_step, folders, snapshots, teacher_cache
+from kdframe.compression import count_parameters
 from kdframe.compression_report import RunCompression
 from kdframe.curriculum import StagePlan, make_curriculum, plan_stages
 from kdframe.data import AnyDataset, InMemoryDataset, StreamingDataset
@@ -342,11 +343,6 @@ def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any, registry: 
 def make_run_folder(schedule: Schedule, out: str | Path | None) -> Path:
     """Create the run folder; refuse one that already holds files, so no earlier result is lost."""
     return folders.claim(Path(out) if out is not None else folders.default_folder(schedule.name), "run")
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters of a model."""
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def execute(
