@@ -187,10 +187,6 @@ def failed_operation(error: BaseException) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", line)[:300]
 
 
-def _run_in_batches(runner: Runner, images: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([runner(images[start : start + batch_size]) for start in range(0, images.shape[0], batch_size)])
-
-
 def verify(
     runner: Runner,
     model: nn.Module,

@@ -22,9 +22,8 @@ from kdframe.data import AnyDataset, InMemoryDataset
 from kdframe.errors import RunFolderError, suggest
 from kdframe.plugins import Plugins
 from kdframe.results import RESULTS_FILE
-from kdframe.schedule import Schedule, component_params
-
-SCHEDULE_FILE = "schedule.json"
+from kdframe.runner import SCHEDULE_FILE, build_model, load_data, load_schedule, read_results
+from kdframe.schedule import Schedule
 
 
 @dataclass
@@ -64,8 +63,6 @@ def _not_a_run(folder: Path, what: str) -> RunFolderError:
 def finished_stages(folder: str | Path) -> list[dict[str, Any]]:
     """The stage rows of a run folder's ``results.json``; a missing folder, a folder that is not a
     run's, or a damaged results file is a :class:`~kdframe.errors.RunFolderError`."""
-    from kdframe.runner import read_results
-
     folder = Path(folder)
     if not folder.exists():
         raise _not_a_run(folder, "does not exist")
@@ -114,8 +111,6 @@ def load_stage_model(folder: str | Path, stage: str | None = None, plugins: Plug
         CheckpointError: The stage's ``student.pt`` is missing, damaged or does not fit the model.
         KdframeError: ``schedule.json`` does not validate, or a component it names is not installed.
     """
-    from kdframe.runner import build_model, load_data, load_schedule
-
     folder = Path(folder)
     row = pick_stage(folder, finished_stages(folder), stage)
     schedule, plugins, _ = load_schedule(folder / SCHEDULE_FILE, [], plugins)
@@ -134,12 +129,6 @@ def load_stage_model(folder: str | Path, stage: str | None = None, plugins: Plug
     checkpoints.load_into(model, checkpoint, label=f"model '{key}' ({arch}) of stage '{row['stage']}'", expected_arch=arch)
     model.eval()
     return SavedModel(folder, str(row["stage"]), key, arch, model, data, schedule, plugins, row)
-
-
-def model_params(saved: SavedModel) -> dict[str, Any]:
-    """The validated params of a saved model's architecture, defaults filled in."""
-    config = saved.schedule.models[saved.key]
-    return component_params(saved.plugins.registry, "model", config.arch, config.params, f"models.{saved.key}").model_dump(mode="json")
 
 
 def training_images(data: AnyDataset, count: int, seed: int) -> Tensor:

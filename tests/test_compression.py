@@ -3,7 +3,6 @@ a run (results.json, the printed table, a sweep's report), which never changes w
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
