@@ -3,7 +3,8 @@
 Dataset plugins return one of two kinds:
 
 * :class:`InMemoryDataset`: normalised float images ``(N, C, H, W)`` and int64 labels for the train
-  and test splits, plus an optional batch augmentation that runs on tensors. Small datasets
+  and test splits (and, optionally, a validation split), plus an optional batch augmentation that
+  runs on tensors. Small datasets
   (MNIST-like, CIFAR) fit easily and are batched by indexing on the training device, which is much
   faster than a ``DataLoader`` over single samples.
 * :class:`StreamingDataset`: map-style ``torch.utils.data.Dataset`` splits read sample by sample
@@ -11,13 +12,17 @@ Dataset plugins return one of two kinds:
 
 :func:`train_batches` and :func:`eval_batches` give the trainer ``(images, labels, indices)``
 batches from either kind, in the same order for the same generator.
+
+**Splits.** ``train`` trains; ``val`` (when there is one: shipped by the dataset, or carved from the
+training split by :func:`with_validation`) selects (the best epoch, the collapse check); ``test`` is
+only reported. :data:`EvalSplit` names the two evaluated splits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import torch
 from torch import Tensor
@@ -32,6 +37,8 @@ BatchAugment = Callable[[Tensor, torch.Generator], Tensor]
 #: ``transform(image, generator) -> image``: a random transformation of one ``(C, H, W)`` training
 #: sample of a :class:`StreamingDataset` (run in the DataLoader's worker processes; must pickle).
 SampleTransform = Callable[[Tensor, torch.Generator], Tensor]
+#: A split that is evaluated: ``val`` selects, ``test`` is only reported.
+EvalSplit = Literal["val", "test"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class InMemoryDataset:
         test_labels: Int64 tensor ``(M,)``.
         classes: Class names, index-aligned with the labels.
         augment: Optional random augmentation applied to each training batch (never to test data).
+        val_images: Optional validation images, normalised like the others (``None``: no
+            validation split, unless the schedule carves one from the training split).
+        val_labels: Their labels (given together with ``val_images``).
     """
 
     name: str
@@ -65,12 +75,16 @@ class InMemoryDataset:
     test_labels: Tensor
     classes: list[str]
     augment: BatchAugment | None = field(default=None, repr=False)
+    val_images: Tensor | None = field(default=None, repr=False)
+    val_labels: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for split, images, labels in (
-            ("train", self.train_images, self.train_labels),
-            ("test", self.test_images, self.test_labels),
-        ):
+        if (self.val_images is None) != (self.val_labels is None):
+            raise ValueError(f"{self.name}: give val_images and val_labels together, or neither")
+        splits = [("train", self.train_images, self.train_labels), ("test", self.test_images, self.test_labels)]
+        if self.val_images is not None and self.val_labels is not None:
+            splits.append(("val", self.val_images, self.val_labels))
+        for split, images, labels in splits:
             if images.ndim != 4:
                 raise ValueError(f"{self.name}: {split} images must be (N, C, H, W), got {tuple(images.shape)}")
             if images.shape[0] != labels.shape[0]:
@@ -96,9 +110,40 @@ class InMemoryDataset:
         """Number of test samples."""
         return int(self.test_labels.shape[0])
 
+    @property
+    def val_count(self) -> int:
+        """Number of validation samples (0: no validation split)."""
+        return 0 if self.val_labels is None else int(self.val_labels.shape[0])
+
+    def split(self, name: EvalSplit) -> tuple[Tensor, Tensor]:
+        """Images and labels of the ``val`` or ``test`` split."""
+        if name == "val":
+            assert self.val_images is not None and self.val_labels is not None, "no validation split"
+            return self.val_images, self.val_labels
+        return self.test_images, self.test_labels
+
     def sample_images(self, count: int) -> Tensor:
         """The first ``count`` training images, ``(count, C, H, W)`` (for dry runs)."""
         return self.train_images[:count]
+
+    def carve_validation(self, count: int, seed: int) -> InMemoryDataset:
+        """Move a seeded random ``count`` of the training samples into the validation split."""
+        order = torch.randperm(self.train_count, generator=torch.Generator().manual_seed(seed))
+        held, kept = order[:count].sort().values, order[count:].sort().values
+        return replace(
+            self,
+            train_images=self.train_images[kept],
+            train_labels=self.train_labels[kept],
+            val_images=self.train_images[held],
+            val_labels=self.train_labels[held],
+        )
+
+    def subset_validation(self, count: int, seed: int) -> InMemoryDataset:
+        """A seeded random ``count`` of the validation split (all of it when it is no larger)."""
+        if self.val_images is None or self.val_labels is None or count >= self.val_count:
+            return self
+        index = torch.randperm(self.val_count, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        return replace(self, val_images=self.val_images[index], val_labels=self.val_labels[index])
 
     def subset(self, train_samples: int | None, test_samples: int | None, seed: int) -> InMemoryDataset:
         """A seeded random subset of each split (``None`` keeps a split whole)."""
@@ -130,6 +175,8 @@ class InMemoryDataset:
             train_labels=self.train_labels.to(device),
             test_images=self.test_images.to(device),
             test_labels=self.test_labels.to(device),
+            val_images=None if self.val_images is None else self.val_images.to(device),
+            val_labels=None if self.val_labels is None else self.val_labels.to(device),
         )
 
 
@@ -149,6 +196,8 @@ class StreamingDataset:
             ``transform(image, generator) -> image``. It runs where the sample is read (in a worker
             process when ``data.num_workers > 0``), so it must pickle; ``generator`` is seeded per
             sample and epoch, so the result does not depend on the number of workers.
+        val: Optional validation split, in the same form as ``test`` (``None``: none, unless the
+            schedule carves one from the training split).
     """
 
     name: str
@@ -158,9 +207,11 @@ class StreamingDataset:
     in_channels: int
     image_size: tuple[int, int]
     transform: SampleTransform | None = field(default=None, repr=False)
+    val: TorchDataset[Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for split, part in (("train", self.train), ("test", self.test)):
+        splits = [("train", self.train), ("test", self.test)] + ([("val", self.val)] if self.val is not None else [])
+        for split, part in splits:
             if not hasattr(part, "__len__") or not hasattr(part, "__getitem__"):
                 raise ValueError(f"{self.name}: the {split} split must be a map-style dataset (__len__ and __getitem__)")
         if self.in_channels < 1 or min(self.image_size) < 1:
@@ -181,9 +232,36 @@ class StreamingDataset:
         """Number of test samples."""
         return len(self.test)  # type: ignore[arg-type]
 
+    @property
+    def val_count(self) -> int:
+        """Number of validation samples (0: no validation split)."""
+        return 0 if self.val is None else len(self.val)  # type: ignore[arg-type]
+
+    def split(self, name: EvalSplit) -> TorchDataset[Any]:
+        """The ``val`` or ``test`` split."""
+        if name == "val":
+            assert self.val is not None, "no validation split"
+            return self.val
+        return self.test
+
     def sample_images(self, count: int) -> Tensor:
         """The first ``count`` training images, untransformed, ``(count, C, H, W)`` (for dry runs)."""
         return torch.stack([self.train[index][0] for index in range(min(count, self.train_count))])
+
+    def carve_validation(self, count: int, seed: int) -> StreamingDataset:
+        """Move a seeded random ``count`` of the training samples into the validation split (the same
+        samples :meth:`InMemoryDataset.carve_validation` picks from a split of the same size); they
+        are read without the training transform."""
+        order = torch.randperm(self.train_count, generator=torch.Generator().manual_seed(seed))
+        held, kept = order[:count].sort().values.tolist(), order[count:].sort().values.tolist()
+        return replace(self, train=Subset(self.train, kept), val=Subset(self.train, held))
+
+    def subset_validation(self, count: int, seed: int) -> StreamingDataset:
+        """A seeded random ``count`` of the validation split (all of it when it is no larger)."""
+        if self.val is None or count >= self.val_count:
+            return self
+        index = torch.randperm(self.val_count, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        return replace(self, val=Subset(self.val, index.tolist()))
 
     def subset(self, train_samples: int | None, test_samples: int | None, seed: int) -> StreamingDataset:
         """A seeded random subset of each split (``None`` keeps a split whole); the same samples as
@@ -376,18 +454,22 @@ def eval_batches(
     device: torch.device,
     dist: DistEnv | None = None,
     num_workers: int = 0,
+    split: EvalSplit = "test",
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """The test split in order, ``(images, labels, indices)`` batches (``indices``: positions in the
-    split); with several processes (``dist``) this process's near-equal contiguous part of it."""
+    """The ``split`` (test, or val) in order, ``(images, labels, indices)`` batches (``indices``:
+    positions in the split); with several processes (``dist``) this process's near-equal contiguous
+    part of it."""
     dist = dist or DistEnv()
     if isinstance(data, InMemoryDataset):
-        everything = torch.arange(data.test_count, device=data.test_labels.device)
-        images, labels, positions = dist.shard_split(data.test_images, data.test_labels, everything)
+        split_images, split_labels = data.split(split)
+        everything = torch.arange(split_labels.shape[0], device=split_labels.device)
+        images, labels, positions = dist.shard_split(split_images, split_labels, everything)
         return (
             (batch_images, batch_labels, positions.index_select(0, index))
             for batch_images, batch_labels, index in iterate_batches(images, labels, batch_size)
         )
-    (positions,) = dist.shard_split(torch.arange(data.test_count))
+    part = data.split(split)
+    (positions,) = dist.shard_split(torch.arange(len(part)))  # type: ignore[arg-type]
     keys = [(index, 0) for index in positions.tolist()]
     batches = [keys[start : start + batch_size] for start in range(0, len(keys), batch_size)]
-    return _load_batches(data.test, None, batches, device, num_workers)
+    return _load_batches(part, None, batches, device, num_workers)

@@ -94,12 +94,21 @@ def format_compression(rows: list[dict[str, Any]]) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of stage results (rows as in ``results.json``)."""
-    header = ["stage", "arch", "teachers", "epochs", "final acc %", "best acc % (epoch)", "params", "time"]
+    """A plain-text table of stage results (rows as in ``results.json``). With a validation split,
+    the best epoch is the validation split's and the test accuracy is shown at it."""
+    validated = any(row.get("best_val_acc") is not None for row in rows)
+    if validated:
+        header = ["stage", "arch", "teachers", "epochs", "final test %", "best val % (epoch)", "test % at best", "params", "time"]
+    else:
+        header = ["stage", "arch", "teachers", "epochs", "final acc %", "best acc % (epoch)", "params", "time"]
     lines = [header]
     for row in rows:
-        best = f"{row['best_test_acc']:.2f} ({row['best_epoch']})"
         flag = "  collapsed" if row.get("collapsed") else ""
+        if validated:
+            val = row.get("best_val_acc")
+            picked = ["-" if val is None else f"{val:.2f} ({row['best_epoch']})", f"{row['best_test_acc']:.2f}"]
+        else:
+            picked = [f"{row['best_test_acc']:.2f} ({row['best_epoch']})"]
         lines.append(
             [
                 row["stage"],
@@ -107,7 +116,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 ",".join(row["teachers"]) or "- (labels)",
                 f"{row['epochs_run']}/{row['epochs']}",
                 f"{row['final_test_acc']:.2f}{flag}",
-                best,
+                *picked,
                 _count(row["params"]),
                 f"{row['wall_time_s']:.0f} s",
             ]

@@ -37,6 +37,7 @@ from kdframe.registry import Registry
 from kdframe.results import RESULTS_FILE, format_table, write_results
 from kdframe.resume import StopSignals, load_stage_state, save_stage_state, schedule_diff, set_rng_state
 from kdframe.schedule import (
+    DataConfig,
     PluginsConfig,
     format_validation_error,
     Schedule,
@@ -136,7 +137,42 @@ def load_data(schedule: Schedule, plugins: Plugins) -> AnyDataset:
         )
     if data.train_count == 0 or data.test_count == 0:
         raise DataError(f"Dataset '{config.dataset}' has an empty train or test split.")
+    data = with_validation(data, config)
     return data.subset(config.train_samples, config.test_samples, schedule.seed)
+
+
+def with_validation(data: AnyDataset, config: DataConfig) -> AnyDataset:
+    """The dataset with the validation split the schedule asks for: the dataset's own (all of it, or
+    ``validation_samples`` of it), or carved from the training split with ``validation_seed``
+    before ``train_samples`` is taken from the rest."""
+    if data.val_count:
+        if config.validation_fraction is not None:
+            raise DataError(
+                f"data.validation_fraction: dataset '{config.dataset}' ships its own validation split "
+                f"({data.val_count} samples), which kdframe uses; remove validation_fraction, or give "
+                "validation_samples to use only part of it."
+            )
+        if config.validation_samples is not None:
+            return data.subset_validation(config.validation_samples, config.validation_seed)
+        return data
+    if config.validation_fraction is not None:
+        count = int(round(config.validation_fraction * data.train_count))
+        field_name = "validation_fraction"
+    elif config.validation_samples is not None:
+        count, field_name = config.validation_samples, "validation_samples"
+    else:
+        return data
+    if count < 1:
+        raise DataError(
+            f"data.validation_fraction: {config.validation_fraction:g} of the {data.train_count} training "
+            f"samples of '{config.dataset}' is no sample at all; give a larger fraction, or validation_samples."
+        )
+    if count >= data.train_count:
+        raise DataError(
+            f"data.{field_name}: holding out {count} of the {data.train_count} training samples of "
+            f"'{config.dataset}' as a validation split leaves none to train on; hold out fewer."
+        )
+    return data.carve_validation(count, config.validation_seed)
 
 
 def build_models(schedule: Schedule, plugins: Plugins, data: AnyDataset) -> dict[str, nn.Module]:
@@ -542,6 +578,9 @@ def run_stage(
         checkpoint=os.path.relpath(checkpoint, folder) if save is not None else "",
         collapsed=outcome.collapsed,
         skipped_batches=outcome.skipped_batches,
+        selected_by="val" if outcome.best_val_acc is not None else "test",
+        final_val_acc=None if outcome.final_val_acc is None else round(outcome.final_val_acc, 4),
+        best_val_acc=None if outcome.best_val_acc is None else round(outcome.best_val_acc, 4),
     )
     return result, outcome.stop_run
 

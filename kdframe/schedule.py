@@ -88,6 +88,39 @@ class DataConfig(StrictModel):
         description="DataLoader worker processes that read a streaming dataset (e.g. image_folder); "
         "0 reads in the training process. In-memory datasets ignore it.",
     )
+    validation_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Hold out this many training samples as a validation split, which selects the "
+        "best epoch and runs the collapse check (the test split is then only reported). For a "
+        "dataset that ships its own validation split (image_folder with val/): use only this many "
+        "of it. Default: no validation split, unless the dataset ships one.",
+    )
+    validation_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Hold out this fraction of the training samples as the validation split "
+        "(instead of validation_samples).",
+    )
+    validation_seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the validation split's samples; independent of the run's seed, so "
+        "every run of a sweep holds out the same samples.",
+    )
+
+    @model_validator(mode="after")
+    def _one_validation_size(self) -> DataConfig:
+        if self.validation_samples is not None and self.validation_fraction is not None:
+            raise ValueError("give validation_samples or validation_fraction, not both")
+        return self
+
+    @property
+    def validation_requested(self) -> bool:
+        """Whether the schedule asks for a validation split."""
+        return self.validation_samples is not None or self.validation_fraction is not None
 
 
 class ModelConfig(StrictModel):

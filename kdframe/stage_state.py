@@ -12,7 +12,12 @@ from kdframe.stage_setup import StageSetup
 
 @dataclass
 class StageOutcome:
-    """What the trainer reports about a finished stage."""
+    """What the trainer reports about a finished stage.
+
+    ``best_epoch`` is the selected epoch: the highest validation accuracy when there is a validation
+    split (``best_val_acc``), else the highest test accuracy; ``best_test_acc`` is the test accuracy
+    at that epoch. ``final_*`` are the last epoch's.
+    """
 
     epochs_run: int
     final_test_acc: float
@@ -22,6 +27,8 @@ class StageOutcome:
     stop_run: bool
     history: list[dict[str, float]] = field(default_factory=list)
     skipped_batches: int = 0
+    final_val_acc: float | None = None
+    best_val_acc: float | None = None
 
 
 def checkpoint(
@@ -45,6 +52,8 @@ def checkpoint(
             "final_test_acc": outcome.final_test_acc,
             "best_test_acc": outcome.best_test_acc,
             "best_epoch": outcome.best_epoch,
+            "final_val_acc": outcome.final_val_acc,
+            "best_val_acc": outcome.best_val_acc,
             "collapsed": outcome.collapsed,
             "skipped_batches": outcome.skipped_batches,
             "history": outcome.history,
@@ -70,6 +79,9 @@ def restore(
     outcome.final_test_acc = float(kept["final_test_acc"])
     outcome.best_test_acc = float(kept["best_test_acc"])
     outcome.best_epoch = int(kept["best_epoch"])
+    # A state saved before validation splits existed has neither.
+    outcome.final_val_acc = None if kept.get("final_val_acc") is None else float(kept["final_val_acc"])
+    outcome.best_val_acc = None if kept.get("best_val_acc") is None else float(kept["best_val_acc"])
     outcome.collapsed = bool(kept["collapsed"])
     outcome.skipped_batches = int(kept["skipped_batches"])
     outcome.history = [dict(row) for row in kept["history"]]

@@ -7,7 +7,7 @@ Hooks never get the trainer, the models or the optimizer: they get a :class:`Run
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,11 @@ class TrainState:
         metrics: At ``batch_end``: ``loss`` and ``loss/<term>`` of the batch and ``lr``. At
             ``eval_end``: ``test/acc``, ``test/loss``. At ``epoch_end``: the epoch's means
             ``train/loss``, ``train/loss/<term>``, ``train/acc``, the test metrics, ``lr``,
-            ``time/epoch_s`` and ``time/samples_per_s``.
-        best_test_acc: Best test accuracy seen so far in this stage.
+            ``time/epoch_s`` and ``time/samples_per_s``. With a validation split, ``val/acc`` and
+            ``val/loss`` beside the test metrics.
+        best_test_acc: Test accuracy at the best epoch so far: the epoch of the highest validation
+            accuracy when there is a validation split, else of the highest test accuracy.
+        best_val_acc: The highest validation accuracy so far (``None``: no validation split).
     """
 
     epoch: int = 0
@@ -83,6 +86,7 @@ class TrainState:
     samples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     best_test_acc: float = 0.0
+    best_val_acc: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,8 +120,9 @@ class StageResult:
         epochs: Epochs the stage was set to train.
         epochs_run: Epochs it trained (fewer when a hook stopped it).
         final_test_acc: Test accuracy (percent) after the last epoch.
-        best_test_acc: Best test accuracy (percent) after any epoch.
-        best_epoch: The 1-based epoch of ``best_test_acc``.
+        best_test_acc: Test accuracy (percent) at the selected epoch ``best_epoch``.
+        best_epoch: The 1-based selected epoch: the one of the highest validation accuracy when
+            there is a validation split, else of the highest test accuracy (``selected_by``).
         params: Number of parameters of the trained model.
         wall_time_s: Seconds the stage took (of the last process, for a resumed stage).
         checkpoint: ``student.pt`` of the stage, relative to the run folder ("" for an ``evaluate`` stage).
@@ -126,6 +131,9 @@ class StageResult:
         compression: The model's measured size and speed and its ratios to the run's teacher
             (:mod:`kdframe.compression_report`); ``None`` when ``compression.enabled`` is false or
             the stage ran under an earlier kdframe.
+        selected_by: The split that chose ``best_epoch``: ``val`` or ``test``.
+        final_val_acc: Validation accuracy (percent) after the last epoch (``None``: no validation split).
+        best_val_acc: Validation accuracy at ``best_epoch`` (``None``: no validation split).
     """
 
     stage: str
@@ -143,6 +151,9 @@ class StageResult:
     collapsed: bool
     skipped_batches: int = 0
     compression: dict[str, Any] | None = None
+    selected_by: Literal["val", "test"] = "test"
+    final_val_acc: float | None = None
+    best_val_acc: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

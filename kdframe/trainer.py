@@ -10,8 +10,14 @@ The trainer is made of small parts, each in its own module:
 * :mod:`kdframe.stage_state`: the stage's outcome and its state after an epoch, for resume.
 
 This module runs the epochs: it fires the trainer-event hooks in the documented order (see
-:mod:`kdframe.hookspecs`), evaluates the student on the test split after every epoch, refuses weights
-that became non-finite, detects a collapse to chance level, and saves snapshots and the stage state.
+:mod:`kdframe.hookspecs`), evaluates the student after every epoch on the test split and, when there
+is one, the validation split, refuses weights that became non-finite, detects a collapse to chance
+level, and saves snapshots and the stage state.
+
+**Selection.** With a validation split, everything that selects reads it alone: the best epoch is the
+one of the highest validation accuracy and the collapse check looks at validation accuracy; the test
+split is only reported (at the last epoch and at the selected one). Without one, the test split
+selects as well, and results say so (``selected_by``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from kdframe import distributed, fake_quant, precision, stage_state, teacher_cache
-from kdframe.data import AnyDataset, batches_per_epoch, eval_batches, train_batches
+from kdframe.data import AnyDataset, EvalSplit, batches_per_epoch, eval_batches, train_batches
 from kdframe.errors import KdframeError, TrainingError
 from kdframe.evaluation import evaluate_batches
 from kdframe.losses import ModelOutputs, StepOutputs
@@ -156,7 +162,7 @@ class Trainer:
         start_epoch = 0
         if self.callbacks.resume_state is not None:
             start_epoch, self.state.step = stage_state.restore(setup, self.callbacks.resume_state, optimizer, scheduler, outcome)
-            self.state.best_test_acc = outcome.best_test_acc
+            self.state.best_test_acc, self.state.best_val_acc = outcome.best_test_acc, outcome.best_val_acc
 
         self._fire("kdframe_on_stage_start")
         if self.control.stop_stage or self.control.stop_run:
@@ -173,19 +179,15 @@ class Trainer:
             self._check_finite_weights(epoch)  # before anything of this epoch is evaluated or saved
             outcome.skipped_batches += int(train_metrics.get("train/skipped_batches", 0))
             seconds = time.perf_counter() - started
-            test_acc, test_loss = self._evaluate(setup.student)
+            eval_metrics = self._evaluate_splits(setup.student)
             outcome.epochs_run = epoch + 1
-            outcome.final_test_acc = test_acc
-            if test_acc > outcome.best_test_acc or outcome.best_epoch < 0:
-                outcome.best_test_acc, outcome.best_epoch = test_acc, epoch + 1
-            self.state.best_test_acc = outcome.best_test_acc
-            self.state.metrics = {"test/acc": test_acc, "test/loss": test_loss}
+            selecting = self._record(outcome, eval_metrics, epoch + 1)
+            self.state.metrics = dict(eval_metrics)
             self._fire("kdframe_on_eval_end", state=self.state)
             samples = train_metrics.pop("_samples")
             self.state.metrics = {
                 **train_metrics,
-                "test/acc": test_acc,
-                "test/loss": test_loss,
+                **eval_metrics,
                 "lr": optimizer.param_groups[0]["lr"],
                 "time/epoch_s": seconds,
                 "time/samples_per_s": samples / max(seconds, 1e-9),
@@ -196,7 +198,7 @@ class Trainer:
             if self.control.save_checkpoint or epoch + 1 in setup.snapshots:
                 self.callbacks.save_snapshot(setup.student, epoch + 1)
                 self.control.save_checkpoint = False
-            self._check_collapse(epoch, test_acc, outcome)
+            self._check_collapse(epoch, selecting, outcome)
             if self.callbacks.save_state is not None:
                 self.callbacks.save_state(stage_state.checkpoint(setup, epoch + 1, self.state.step, optimizer, scheduler, outcome))
             if self.control.stop_stage or self.control.stop_run:
@@ -287,18 +289,35 @@ class Trainer:
             metrics[f"train/loss/{weighted.name}"] = value
         return metrics
 
-    def _check_collapse(self, epoch: int, test_acc: float, outcome: StageOutcome) -> None:
-        """Mark (or, with ``on_collapse: "stop"``, stop) a stage whose test accuracy after the
-        warm-up is at chance level. A pre-training phase does not train for accuracy: no check."""
+    def _record(self, outcome: StageOutcome, metrics: dict[str, float], epoch: int) -> float:
+        """Record an epoch's accuracies in ``outcome`` (the 1-based ``epoch`` becomes the best when its
+        selecting accuracy is the highest so far); return the selecting accuracy (validation's when
+        there is a validation split, else test's)."""
+        test_acc, val_acc = metrics["test/acc"], metrics.get("val/acc")
+        outcome.final_test_acc = test_acc
+        outcome.final_val_acc = val_acc
+        selecting = test_acc if val_acc is None else val_acc
+        best_so_far = outcome.best_test_acc if val_acc is None else (outcome.best_val_acc or 0.0)
+        if selecting > best_so_far or outcome.best_epoch < 0:
+            outcome.best_test_acc, outcome.best_val_acc, outcome.best_epoch = test_acc, val_acc, epoch
+        self.state.best_test_acc = outcome.best_test_acc
+        self.state.best_val_acc = outcome.best_val_acc
+        return selecting
+
+    def _check_collapse(self, epoch: int, accuracy: float, outcome: StageOutcome) -> None:
+        """Mark (or, with ``on_collapse: "stop"``, stop) a stage whose selecting accuracy (validation
+        when there is a validation split, else test) after the warm-up is at chance level. A
+        pre-training phase does not train for accuracy: no check."""
         setup, config = self.setup, self.setup.training
         chance = 100.0 / max(len(self.data.classes), 1)
         warmed_up = epoch + 1 > config.lr_schedule.warmup_epochs
-        at_chance = test_acc <= COLLAPSE_FACTOR * chance and setup.kind == TRAIN
+        at_chance = accuracy <= COLLAPSE_FACTOR * chance and setup.kind == TRAIN
         if not (warmed_up and at_chance) or outcome.collapsed:
             return
         outcome.collapsed = True
+        split = "validation" if self.data.val_count else "test"
         message = (
-            f"Stage '{setup.info.name}' collapsed: test accuracy {test_acc:.1f}% at epoch "
+            f"Stage '{setup.info.name}' collapsed: {split} accuracy {accuracy:.1f}% at epoch "
             f"{epoch + 1} is at chance level ({chance:.1f}%). Lower training.optimizer.lr, "
             "lengthen training.lr_schedule.warmup_epochs, or lower the distillation "
             "temperature/weight."
@@ -324,20 +343,34 @@ class Trainer:
     def _evaluate_only(self) -> StageOutcome:
         """An evaluate stage: evaluate once, train nothing."""
         self._fire("kdframe_on_stage_start")
-        test_acc, test_loss = self._evaluate(self.setup.student)
-        self.state.metrics = {"test/acc": test_acc, "test/loss": test_loss}
-        self.state.best_test_acc = test_acc
+        metrics = self._evaluate_splits(self.setup.student)
+        outcome = StageOutcome(0, 0.0, 0.0, -1, False, False)
+        self._record(outcome, metrics, 0)
+        self.state.metrics = dict(metrics)
         self._fire("kdframe_on_eval_end", state=self.state)
-        return StageOutcome(0, test_acc, test_acc, 0, False, self.control.stop_run)
+        outcome.stop_run = self.control.stop_run
+        return outcome
 
-    def _evaluate(self, model: nn.Module) -> tuple[float, float]:
-        """Test accuracy (percent) and mean loss; with several processes each evaluates a share."""
+    def _evaluate_splits(self, model: nn.Module) -> dict[str, float]:
+        """``test/acc`` and ``test/loss``, and ``val/acc`` and ``val/loss`` when there is a
+        validation split."""
+        test_acc, test_loss = self._evaluate(model, "test")
+        metrics = {"test/acc": test_acc, "test/loss": test_loss}
+        if self.data.val_count:
+            val_acc, val_loss = self._evaluate(model, "val")
+            metrics.update({"val/acc": val_acc, "val/loss": val_loss})
+        return metrics
+
+    def _evaluate(self, model: nn.Module, split: EvalSplit = "test") -> tuple[float, float]:
+        """Accuracy (percent) and mean loss on ``split``; with several processes each evaluates a share."""
         config = self.setup.training
         settings = self.settings
-        batches = eval_batches(self.data, settings.eval_batch_size, device=settings.device, dist=self.dist, num_workers=settings.num_workers)
+        batches = eval_batches(
+            self.data, settings.eval_batch_size, device=settings.device, dist=self.dist, num_workers=settings.num_workers, split=split
+        )
         correct, loss_sum = evaluate_batches(model, batches, config.channels_last, config.precision)
         totals = self.dist.sum(torch.tensor([float(correct), loss_sum], dtype=torch.float64))
-        count = max(self.data.test_count, 1)
+        count = max(self.data.val_count if split == "val" else self.data.test_count, 1)
         return 100.0 * float(totals[0]) / count, float(totals[1]) / count
 
     def _check_stop(self) -> None:

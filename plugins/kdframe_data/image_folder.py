@@ -4,7 +4,9 @@ The layout is ``ROOT/train/<class>/<image>`` and ``ROOT/test/<class>/<image>`` (
 torchvision's ``ImageFolder`` accepts: ``.png``, ``.jpg``, ``.bmp``, ...). Class names are the train
 folder's sub-folders, sorted, and label ``i`` is the ``i``-th of them; the test folder may lack a class
 but may not add one. Samples are ordered by class, then by file name, so index ``i`` is always the
-same file.
+same file. An optional ``ROOT/val/<class>/<image>`` is the dataset's own validation split (the same
+rules as the test folder): kdframe then selects the best epoch on it (``data.validation_samples``
+uses only part of it).
 
 Unlike the other first-party datasets this one returns a :class:`kdframe.StreamingDataset`: images
 are read, converted (RGB, or greyscale with ``grayscale``), resized (with ``image_size``) and
@@ -143,7 +145,7 @@ def _split_samples(root: Path, split: str, class_to_idx: dict[str, int] | None) 
             f"and {root}/test/<class>/<image>."
         )
     try:
-        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=split == "test")
+        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=split != "train")
     except FileNotFoundError as error:
         raise DataError(
             f"image_folder: {error} (in '{folder}'; image files end in {', '.join(IMG_EXTENSIONS)})."
@@ -159,6 +161,22 @@ def _split_samples(root: Path, split: str, class_to_idx: dict[str, int] | None) 
             "an image but not a regular file (a folder, a broken link, a pipe or a device). Remove or "
             "rename such entries, or replace them with the image files."
         )
+    return samples
+
+
+def _held_out_samples(root: Path, split: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """The samples of the ``test`` or ``val`` folder: only classes the train folder has, not empty."""
+    folder = root / split
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir()) if folder.is_dir() else []
+    extra = [name for name in classes if name not in class_to_idx]
+    if extra:
+        raise DataError(
+            f"image_folder: '{folder}' has class folder(s) {extra} that '{root / 'train'}' lacks; "
+            f"every {split} class needs training images."
+        )
+    samples = _split_samples(root, split, class_to_idx)
+    if not samples:
+        raise DataError(f"image_folder: '{folder}' holds no image files (one sub-folder per class is needed).")
     return samples
 
 
@@ -201,16 +219,8 @@ def load_image_folder(params: ImageFolderParams) -> StreamingDataset:
     except FileNotFoundError as error:
         raise DataError(f"image_folder: {error} (one sub-folder per class is needed).") from None
     train_samples = _split_samples(root, "train", class_to_idx)
-    test_classes = sorted(entry.name for entry in (root / "test").iterdir() if entry.is_dir()) if (root / "test").is_dir() else []
-    extra = [name for name in test_classes if name not in class_to_idx]
-    if extra:
-        raise DataError(
-            f"image_folder: '{root / 'test'}' has class folder(s) {extra} that '{root / 'train'}' lacks; "
-            "every test class needs training images."
-        )
-    test_samples = _split_samples(root, "test", class_to_idx)
-    if not test_samples:
-        raise DataError(f"image_folder: '{root / 'test'}' holds no image files (one sub-folder per class is needed).")
+    test_samples = _held_out_samples(root, "test", class_to_idx)
+    val_samples = _held_out_samples(root, "val", class_to_idx) if (root / "val").is_dir() else None
 
     mode = "L" if params.grayscale else "RGB"
     channels = 1 if params.grayscale else 3
@@ -231,6 +241,7 @@ def load_image_folder(params: ImageFolderParams) -> StreamingDataset:
         mean, std = _statistics(train, channels)
     train.mean, train.std = mean, std
     test = ImageFiles(test_samples, mode, size, params.image_size is not None, mean, std)
+    val = None if val_samples is None else ImageFiles(val_samples, mode, size, params.image_size is not None, mean, std)
     padding = max(1, min(size) // 8)
     return StreamingDataset(
         name="image_folder",
@@ -240,6 +251,7 @@ def load_image_folder(params: ImageFolderParams) -> StreamingDataset:
         in_channels=channels,
         image_size=size,
         transform=PerSample(random_crop_flip(padding, flip=True)) if params.augment else None,
+        val=val,
     )
 
 

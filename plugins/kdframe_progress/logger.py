@@ -130,6 +130,8 @@ class ProgressLogger:
             parts.append(f"train loss {_loss(metrics['train/loss'])}")
         if "train/acc" in metrics:
             parts.append(f"train acc {_pct(metrics['train/acc'])}")
+        if "val/acc" in metrics:
+            parts.append(f"val acc {_pct(metrics['val/acc'])}")
         if "test/acc" in metrics:
             parts.append(f"test acc {_pct(metrics['test/acc'])}")
         timing = []
@@ -146,14 +148,19 @@ class ProgressLogger:
         self.close_bar()
         parts = [
             f"[{stage.name}] done: final test acc {_pct(result.final_test_acc)}",
-            f"best {_pct(result.best_test_acc)}"
-            + (f" at epoch {result.best_epoch}" if result.best_epoch >= 1 else ""),
+            (
+                f"best val acc {_pct(result.best_val_acc)} at epoch {result.best_epoch} (test acc there "
+                f"{_pct(result.best_test_acc)})"
+                if result.best_val_acc is not None and result.best_epoch >= 1
+                else f"best {_pct(result.best_test_acc)}" + (f" at epoch {result.best_epoch}" if result.best_epoch >= 1 else "")
+            ),
             f"({result.wall_time_s:.1f} s)",
         ]
         if result.epochs_run < result.epochs:
             parts.append(f"stopped after {result.epochs_run}/{result.epochs} epochs")
         if result.collapsed:
-            parts.append("WARNING: collapsed (test accuracy at chance level)")
+            split = "validation" if result.best_val_acc is not None else "test"
+            parts.append(f"WARNING: collapsed ({split} accuracy at chance level)")
         self.write("  ".join(parts))
 
     @kdframe.hookimpl

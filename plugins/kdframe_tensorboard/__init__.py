@@ -5,14 +5,17 @@ Registers the ``tensorboard`` logger. For every stage of a run it writes one Ten
 ``tensorboard --logdir <run folder>/tensorboard`` shows each stage as a run:
 
 * scalars every epoch, one per key of the epoch-end metrics (``train/loss``, ``train/loss/<term>``,
-  ``train/acc``, ``test/acc``, ``test/loss``, ``lr``, ``time/epoch_s``, ``time/samples_per_s``),
-  step = epoch number counted from 1;
+  ``train/acc``, ``test/acc``, ``test/loss``, ``lr``, ``time/epoch_s``, ``time/samples_per_s``;
+  ``val/acc`` and ``val/loss`` when the data has a validation split), step = epoch number counted
+  from 1;
 * optionally per-batch scalars ``batch/loss``, ``batch/loss/<term>`` and ``batch/lr`` every
   ``batch_every`` optimizer steps, step = optimizer step in the stage;
 * text ``schedule`` (the resolved schedule as JSON) and ``stage`` (student, architecture, teachers,
   losses) at stage start;
 * at stage end, the stage's hyper-parameters with the metrics ``hparam/final_test_acc``,
-  ``hparam/best_test_acc`` and ``hparam/wall_time_s`` for TensorBoard's HParams tab, and, when the
+  ``hparam/best_test_acc`` (test accuracy at the selected epoch) and ``hparam/wall_time_s`` for
+  TensorBoard's HParams tab (with a validation split, also ``hparam/best_val_acc`` and
+  ``hparam/final_val_acc``), and, when the
   run measures its compression report, ``hparam/params``, ``hparam/macs``, ``hparam/size_mb``,
   ``hparam/latency_ms`` (batch 1) and the ratios to the teacher ``hparam/params_x``,
   ``hparam/speedup_x`` and ``hparam/acc_delta``.

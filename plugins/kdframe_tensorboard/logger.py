@@ -238,6 +238,9 @@ class TensorBoardLogger:
             "hparam/wall_time_s": float(result.wall_time_s),
             **compression_metrics(result.compression),
         }
+        if result.best_val_acc is not None and result.final_val_acc is not None:
+            metrics["hparam/best_val_acc"] = float(result.best_val_acc)
+            metrics["hparam/final_val_acc"] = float(result.final_val_acc)
         own = _clean_hparams(stage.hparams)
         union: dict[str, bool | int | float | str] = {}
         for each in (*run.stages, stage):

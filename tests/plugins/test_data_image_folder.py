@@ -249,3 +249,23 @@ def test_resume_of_a_streaming_run_matches_an_uninterrupted_one(tmp_path: Path, 
     for stage in want:
         for name, value in want[stage].items():
             assert torch.equal(got[stage][name], value), f"{stage}: {name} differs"
+
+
+def test_a_val_folder_is_the_validation_split_and_selects(tmp_path: Path, folder: Path) -> None:
+    val = write_folder(tmp_path / "val-source", train_per_class=2, test_per_class=1, seed=5) / "train"
+    val.rename(folder / "val")
+    data = load_image_folder(ImageFolderParams(root=str(folder)))
+    assert (data.train_count, data.val_count, data.test_count) == (24, 6, 12)
+    batches = list(eval_batches(data, 4, device=torch.device("cpu"), split="val"))
+    assert sum(int(images.shape[0]) for images, _, _ in batches) == 6
+    assert torch.cat([labels for _, labels, _ in batches]).tolist() == [0, 0, 1, 1, 2, 2]
+    schedule = tiny_schedule(**{"data.dataset": "image_folder", "data.params": {"root": str(folder)}, "logging.loggers": []})
+    schedule["curriculum"] = {"name": "direct", "params": {"student": "student"}}
+    run_folder, (result,) = run_schedule(write_schedule(tmp_path, schedule), out=tmp_path / "run", quiet=True)
+    assert result.selected_by == "val" and result.best_val_acc is not None
+
+
+def test_a_val_folder_with_an_unknown_class_is_refused(folder: Path) -> None:
+    (folder / "val" / "horse").mkdir(parents=True)
+    with pytest.raises(DataError, match="val' has class folder\\(s\\) \\['horse'\\]"):
+        load_image_folder(ImageFolderParams(root=str(folder)))
