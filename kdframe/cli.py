@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kdframe import __version__
-from kdframe.errors import KdframeError, printable
+from kdframe.errors import KdframeError, SweepError, printable
 from kdframe.registry import KINDS, PLURALS
 
 EXIT_INPUT_ERROR = 2
@@ -104,10 +104,29 @@ def _parser() -> argparse.ArgumentParser:
         "before anything trains. A model that several runs would train identically (same architecture, "
         "teachers, losses, training settings, data and seed) is trained once and reused. Runs go "
         "seed-major into <out>/<variant>/seed-<seed>/; sweep.json records what was shared, and "
-        "results.csv, results.md and results.png hold the report, whose table is printed at the end. "
-        "See docs/experiments.md.",
+        "results.csv, comparisons.csv, results.md and results.png hold the report (mean, std, 95%% CI, "
+        "Welch's and paired t-tests), whose tables are printed at the end. With --jobs N, N worker "
+        "processes run independent runs in parallel (a shared model is trained once, before the runs "
+        "that reuse it; the results are the same as with --jobs 1). --join DIR resumes a sweep that "
+        "stopped, or adds workers to one that is running, on this machine or on another that mounts "
+        "DIR at the same path. See docs/experiments.md.",
     )
-    sweep.add_argument("sweep", metavar="SWEEP.json", help="the sweep file")
+    sweep.add_argument("sweep", metavar="SWEEP.json", nargs="?", help="the sweep file (not with --join)")
+    sweep.add_argument("--join", metavar="DIR", help="work on the sweep in DIR: resume it, or help the workers already on it")
+    sweep.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes on this machine (default 1: every run in this process)")
+    sweep.add_argument(
+        "--threads",
+        type=int,
+        metavar="T",
+        help="PyTorch threads of every run (default: PyTorch's own, divided by N; with --join, the "
+        "sweep's). Runs are bit-identical for the same T, whatever N",
+    )
+    sweep.add_argument("--retry-failed", action="store_true", help="with --join: run again the runs that failed")
+    sweep.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="validate and plan the sweep into its folder, run nothing: then start workers with --join DIR (several machines)",
+    )
     sweep.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/<sweep name>-<timestamp>); must not hold files")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; only the plan, one line per run and the final table")
     sweep.add_argument("--seeds", metavar="LIST", help="comma-separated seeds that replace the sweep file's, e.g. --seeds 0,1")
@@ -303,8 +322,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, markdown
-    from kdframe.sweep import parse_seeds, run_sweep
+    from kdframe.report import COMPARISONS_CSV, RESULTS_CSV, RESULTS_MD, RESULTS_PNG, markdown
+    from kdframe.sweep import join_sweep, parse_seeds, run_sweep
 
     from kdframe import distributed
 
@@ -313,12 +332,35 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             "kdframe sweep does not run under torchrun (WORLD_SIZE > 1): its runs would all write the "
             "same sweep folder. Run it as one process, or run each variant with torchrun ... -m kdframe run."
         )
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    folder, report = run_sweep(args.sweep, out=args.out, quiet=args.quiet, seeds=seeds)
+    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise SweepError(f"{flag} must be at least 1 (got {value}).")
+    if (args.sweep is None) == (args.join is None):
+        raise SweepError(
+            "Give either a sweep file (kdframe sweep SWEEP.json) to start a sweep, or --join DIR to "
+            "work on the sweep in DIR, not both and not neither."
+        )
+    if args.join is not None:
+        if args.out is not None or args.seeds is not None:
+            raise SweepError("--out and --seeds belong to a new sweep; --join continues the sweep in DIR as it was planned.")
+        if args.plan_only:
+            raise SweepError("--plan-only goes with a sweep file: the sweep in DIR is planned already.")
+        folder, report = join_sweep(args.join, jobs=args.jobs, threads=args.threads, quiet=args.quiet, retry_failed=args.retry_failed)
+    else:
+        if args.retry_failed:
+            raise SweepError("--retry-failed goes with --join DIR (a new sweep has no failed runs).")
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        folder, planned = run_sweep(
+            args.sweep, out=args.out, quiet=args.quiet, seeds=seeds, jobs=args.jobs, threads=args.threads, plan_only=args.plan_only
+        )
+        if planned is None:
+            print(f"Planned; nothing ran. Start workers on each machine with: kdframe sweep --join {folder} [--jobs N]")
+            return 0
+        report = planned
     print()
     print(markdown(report))
     print(f"Sweep folder: {folder}")
-    print(f"Report: {', '.join(str(folder / name) for name in (RESULTS_MD, RESULTS_CSV, RESULTS_PNG))}")
+    print(f"Report: {', '.join(str(folder / name) for name in (RESULTS_MD, RESULTS_CSV, COMPARISONS_CSV, RESULTS_PNG))}")
     print(f"TensorBoard: tensorboard --logdir {folder}")
     return 0
 

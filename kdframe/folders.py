@@ -109,11 +109,11 @@ def claim(folder: Path, what: str, need_bytes: int = MIN_FREE_BYTES) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive_lock(folder: Path, what: str = "run") -> Iterator[None]:
+def exclusive_lock(folder: Path, what: str = "run", *, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (``flock`` on its :data:`LOCK_FILE`) within the block,
     so that two kdframe processes never write one run folder at once; the second is refused with a
-    :class:`RunFolderError`. The lock ends with the process, however it ends. Where ``fcntl`` does
-    not exist (Windows) no lock is taken."""
+    :class:`RunFolderError`, or with ``wait`` waits for the first to let go. The lock ends with the
+    process, however it ends. Where ``fcntl`` does not exist (Windows) no lock is taken."""
     if fcntl is None:
         yield
         return
@@ -125,7 +125,7 @@ def exclusive_lock(folder: Path, what: str = "run") -> Iterator[None]:
         raise RunFolderError(f"Cannot lock {what} folder '{folder}' ({path}): {reason}. {advice}") from None
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 # A file system without locks (some network mounts): go on, but say so.

@@ -1,11 +1,15 @@
 """Reports of sweeps, built from the sweep folder alone so that they can be rebuilt at any time.
 
 For each variant, the report takes the row of the variant's report model (or each run's last stage)
-from every seed's ``results.json`` and gives the mean and sample standard deviation (n - 1) over
-seeds of its final-epoch and best-epoch test accuracy, its parameter count, the mean wall time per
-seed of the stages each run trained itself, and the number of seeds. It writes ``results.csv``,
-``results.md`` (a Markdown table, a line on sharing and the runs that are missing) and
-``results.png`` (accuracy by variant with standard-deviation error bars). ``sweep.json`` supplies the
+from every seed's ``results.json`` and gives the number of seeds, the mean, the sample standard
+deviation (n - 1) and the 95% confidence interval of the mean (:mod:`kdframe.stats`) of its
+final-epoch and best-epoch test accuracy (the best epoch is chosen by the validation split when the
+runs have one), its parameter count and the mean wall time per seed of the stages each run trained
+itself. Pairs of variants (the sweep file's ``comparisons``; default: each variant against the first)
+get the difference of their means with Welch's t-test and the paired test over common seeds. It
+writes ``results.csv``, ``comparisons.csv``, ``results.md`` (the tables, a line on sharing and the
+runs that are missing) and ``results.png`` (accuracy by variant with 95% CI error bars and every
+seed as a dot). ``sweep.json`` supplies the
 variants, seeds, report stage of each run and what was shared; without it the variants and seeds are
 discovered from the ``<variant>/seed-<N>/`` folders and each finished run's last stage is reported.
 """
@@ -25,12 +29,14 @@ from typing import Any
 from kdframe.errors import SweepError
 from kdframe.export import format_exports
 from kdframe.results import RESULTS_FILE, format_compression, format_table
+from kdframe.stats import CONFIDENCE, Comparison, Summary, compare, format_p, summarize
 
 SWEEP_FILE = "sweep.json"
 SCHEDULE_FILE = "schedule.json"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
+COMPARISONS_CSV = "comparisons.csv"
 CSV_COLUMNS = [
     "variant",
     "model",
@@ -41,6 +47,11 @@ CSV_COLUMNS = [
     "final_acc_std",
     "best_acc_mean",
     "best_acc_std",
+    "final_acc_ci_low",
+    "final_acc_ci_high",
+    "best_acc_ci_low",
+    "best_acc_ci_high",
+    "selected_by",
     "params",
     "wall_time_s_mean",
     "macs",
@@ -51,10 +62,27 @@ CSV_COLUMNS = [
     "missing_seeds",
     "collapsed_seeds",
 ]
+COMPARISON_COLUMNS = [
+    "variant",
+    "baseline",
+    "metric",
+    "n_variant",
+    "n_baseline",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "welch_t",
+    "welch_p",
+    "paired_n",
+    "paired_t",
+    "paired_p",
+]
 NOTE = (
     "Accuracy: test accuracy (%) of each variant's report model, mean ± sample standard deviation "
-    "(n - 1) over seeds (n/a with one seed); *final* is the last epoch of each run, *best* its best "
-    "epoch. Time / seed: mean over seeds of the wall time of the stages each run trained itself "
+    "(n - 1) over seeds [95% confidence interval of the mean, t distribution] (n/a with one seed); "
+    "*final* is the last epoch of each run, *best* the test accuracy at its selected epoch, chosen by "
+    "the validation split (*selected by* val) or, for runs without one, by the test split itself "
+    "(*selected by* test, an optimistic figure). Time / seed: mean over seeds of the wall time of the stages each run trained itself "
     "(models reused from other runs are not counted). MACs, size and latency (median at batch 1, "
     "mean over seeds) are the compression report's; ×: how many times fewer parameters and how "
     "many times faster than the run's teacher (see docs/deployment.md)."
@@ -73,6 +101,7 @@ class VariantRow:
     seeds: list[int] = field(default_factory=list)
     final: list[float] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
+    selected_by: list[str] = field(default_factory=list)
     wall_times: list[float] = field(default_factory=list)
     params: int | None = None
     macs: int | None = None
@@ -110,6 +139,24 @@ class VariantRow:
     @property
     def best_std(self) -> float | None:
         return self._std(self.best)
+
+    @property
+    def final_summary(self) -> Summary:
+        return summarize(self.final)
+
+    @property
+    def best_summary(self) -> Summary:
+        return summarize(self.best)
+
+    @property
+    def selection(self) -> str:
+        """The split that selected the best epochs: ``val``, ``test``, ``mixed`` or ``-``."""
+        kinds = sorted(set(self.selected_by))
+        return kinds[0] if len(kinds) == 1 else ("mixed" if kinds else "-")
+
+    def by_seed(self, metric: str) -> dict[int, float]:
+        """``{seed: accuracy}`` of ``final`` or ``best``."""
+        return dict(zip(self.seeds, self.final if metric == "final" else self.best))
 
     @property
     def wall_time_mean(self) -> float | None:
@@ -153,6 +200,7 @@ class SweepReport:
     missing: list[tuple[str, int, str]]
     sharing: list[str]
     has_plan: bool
+    comparisons: list[tuple[Comparison, str]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,7 +290,35 @@ def collect(folder: str | Path) -> SweepReport:
                 row.stage, row.model = stage, run.get("report_model", stage)
         rows.append(row)
     sharing = _sharing_lines(list(runs.values())) if plan is not None else []
-    return SweepReport(folder, name, description, rows, missing, sharing, plan is not None)
+    pairs = plan.get("comparisons") if plan is not None else None
+    report = SweepReport(folder, name, description, rows, missing, sharing, plan is not None)
+    report.comparisons = comparisons(rows, pairs if isinstance(pairs, list) else None)
+    return report
+
+
+def comparison_pairs(variants: list[str], declared: list[Any] | None) -> list[tuple[str, str]]:
+    """``(variant, baseline)`` pairs: the declared ones (``{"variant", "baseline"}`` objects) that
+    name known variants, or by default each variant against the first."""
+    if declared:
+        pairs = []
+        for entry in declared:
+            if isinstance(entry, dict) and entry.get("variant") in variants and entry.get("baseline") in variants:
+                pairs.append((str(entry["variant"]), str(entry["baseline"])))
+        return pairs
+    return [(variant, variants[0]) for variant in variants[1:]]
+
+
+def comparisons(rows: list[VariantRow], declared: list[Any] | None = None) -> list[tuple[Comparison, str]]:
+    """Each pair's :class:`~kdframe.stats.Comparison` and the metric compared: ``best`` (the test
+    accuracy at the epoch the validation split selected) when every run of both variants had a
+    validation split, else ``final`` (the last epoch's: the test split never selects it)."""
+    by_name = {row.variant: row for row in rows}
+    result = []
+    for variant, baseline in comparison_pairs([row.variant for row in rows], declared):
+        first, second = by_name[variant], by_name[baseline]
+        metric = "best" if first.selection == "val" and second.selection == "val" else "final"
+        result.append((compare(variant, first.by_seed(metric), baseline, second.by_seed(metric)), metric))
+    return result
 
 
 def _add_seed(row: VariantRow, run_folder: Path, seed: int, stage: str | None) -> str:
@@ -274,6 +350,7 @@ def _add_seed(row: VariantRow, run_folder: Path, seed: int, stage: str | None) -
     row.seeds.append(seed)
     row.final.append(final)
     row.best.append(best)
+    row.selected_by.append("val" if chosen.get("selected_by") == "val" else "test")
     row.wall_times.append(wall)
     if row.params is None and chosen.get("params") is not None:
         row.params = int(chosen["params"])
@@ -316,30 +393,65 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}×"
 
 
-def _acc(mean: float | None, std: float | None, n: int) -> str:
-    if mean is None:
+def _acc(summary: Summary) -> str:
+    if summary.mean is None:
         return "-"
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f} ± n/a"
+    if summary.std is None or summary.ci_low is None or summary.ci_high is None:
+        return f"{summary.mean:.2f} ± n/a"
+    return f"{summary.mean:.2f} ± {summary.std:.2f} [{summary.ci_low:.2f}, {summary.ci_high:.2f}]"
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
 
 
 def markdown_table(report: SweepReport) -> str:
     """The Markdown table: one row per variant."""
     lines = [
-        "| variant | model | seeds | final acc % | best acc % | params | MACs | latency b1 | × fewer params | × faster | time / seed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | model | seeds | final acc % | best acc % | selected by | params | MACs | latency b1 | × fewer params | × faster | time / seed |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report.rows:
         seeds = str(row.n) if row.n == row.expected else f"{row.n}/{row.expected}"
-        final = _acc(row.final_mean, row.final_std, row.n)
+        final = _acc(row.final_summary)
         if row.collapsed:
             plural = "s" if len(row.collapsed) > 1 else ""
             final += f" (collapsed: seed{plural} {', '.join(map(str, row.collapsed))})"
         lines.append(
-            f"| {row.variant} | {row.model or '-'} | {seeds} | {final} | {_acc(row.best_mean, row.best_std, row.n)} "
+            f"| {row.variant} | {row.model or '-'} | {seeds} | {final} | {_acc(row.best_summary)} | {row.selection} "
             f"| {_count(row.params)} | {_count(row.macs)} | {_ms(row.latency_mean)} | {_x(row.params_x)} "
             f"| {_x(row.speedup_mean)} | {_seconds(row.wall_time_mean)} |"
         )
     return "\n".join(lines)
+
+
+def comparisons_table(report: SweepReport) -> str:
+    """The Markdown table of the comparisons ("" when there are none)."""
+    if not report.comparisons:
+        return ""
+    lines = [
+        f"| variant | baseline | metric | Δ mean (points) | {CONFIDENCE:.0%} CI of Δ (Welch) | Welch p | paired seeds | paired p |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for comparison, metric in report.comparisons:
+        interval = (
+            "n/a" if comparison.ci_low is None or comparison.ci_high is None else f"[{comparison.ci_low:+.2f}, {comparison.ci_high:+.2f}]"
+        )
+        lines.append(
+            f"| {comparison.variant} | {comparison.baseline} | {metric} | {_signed(comparison.difference)} | {interval} "
+            f"| {format_p(comparison.welch_p)} | {comparison.paired_n} | {format_p(comparison.paired_p)} |"
+        )
+    return "\n".join(lines)
+
+
+COMPARISONS_NOTE = (
+    "Comparisons: Δ is the variant's mean minus the baseline's, in accuracy points, with the "
+    "confidence interval and two-sided p-value of Welch's t-test (unequal variances; needs two seeds "
+    "per variant) and the two-sided p-value of the paired t-test over the seeds both ran (scipy.stats). "
+    "*metric*: *best* (test accuracy at the epoch the validation split selected) when every run of "
+    "both variants had a validation split, else *final*. n/a: too few seeds, or no variance at all. "
+    "With several comparisons, a p-value below 0.05 is weaker evidence than it looks."
+)
 
 
 def markdown(report: SweepReport) -> str:
@@ -348,6 +460,9 @@ def markdown(report: SweepReport) -> str:
     if report.description:
         parts += [report.description, ""]
     parts += [markdown_table(report), "", NOTE, ""]
+    table = comparisons_table(report)
+    if table:
+        parts += [table, "", COMPARISONS_NOTE, ""]
     if not report.has_plan:
         parts.append("Sharing: unknown (no sweep.json in this folder).")
     elif report.sharing:
@@ -372,6 +487,7 @@ def csv_text(report: SweepReport) -> str:
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in report.rows:
+        final, best = row.final_summary, row.best_summary
         writer.writerow(
             [
                 row.variant,
@@ -383,6 +499,11 @@ def csv_text(report: SweepReport) -> str:
                 _number(row.final_std, std=True, n=row.n),
                 _number(row.best_mean),
                 _number(row.best_std, std=True, n=row.n),
+                _number(final.ci_low, std=True, n=row.n),
+                _number(final.ci_high, std=True, n=row.n),
+                _number(best.ci_low, std=True, n=row.n),
+                _number(best.ci_high, std=True, n=row.n),
+                row.selection,
                 "" if row.params is None else row.params,
                 _number(row.wall_time_mean),
                 "" if row.macs is None else row.macs,
@@ -397,8 +518,38 @@ def csv_text(report: SweepReport) -> str:
     return stream.getvalue()
 
 
+def comparisons_csv_text(report: SweepReport) -> str:
+    """``comparisons.csv``: one line per comparison (empty values where a test cannot be computed)."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(COMPARISON_COLUMNS)
+
+    def number(value: float | None) -> str:
+        return "" if value is None else f"{value:.6g}"
+
+    for comparison, metric in report.comparisons:
+        writer.writerow(
+            [
+                comparison.variant,
+                comparison.baseline,
+                metric,
+                comparison.n_variant,
+                comparison.n_baseline,
+                number(comparison.difference),
+                number(comparison.ci_low),
+                number(comparison.ci_high),
+                number(comparison.welch_t),
+                number(comparison.welch_p),
+                comparison.paired_n,
+                number(comparison.paired_t),
+                number(comparison.paired_p),
+            ]
+        )
+    return stream.getvalue()
+
+
 def write_png(report: SweepReport, path: Path) -> None:
-    """Accuracy by variant: final and best side by side, with std error bars and each seed as a dot."""
+    """Accuracy by variant: final and best side by side, with 95% CI error bars and each seed as a dot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -408,13 +559,14 @@ def write_png(report: SweepReport, path: Path) -> None:
     axes = figure.add_subplot()
     width = 0.38
     lows = []
-    for offset, label, color, values_of, mean_of, std_of in (
-        (-width / 2, "final epoch", "#4C72B0", lambda r: r.final, lambda r: r.final_mean, lambda r: r.final_std),
-        (width / 2, "best epoch", "#DD8452", lambda r: r.best, lambda r: r.best_mean, lambda r: r.best_std),
+    for offset, label, color, values_of, summary_of in (
+        (-width / 2, "final epoch", "#4C72B0", lambda r: r.final, lambda r: r.final_summary),
+        (width / 2, "best epoch", "#DD8452", lambda r: r.best, lambda r: r.best_summary),
     ):
         xs = [index + offset for index in range(len(rows))]
-        means = [mean_of(row) for row in rows]
-        errors = [std_of(row) or 0.0 for row in rows]
+        summaries = [summary_of(row) for row in rows]
+        means = [summary.mean for summary in summaries]
+        errors = [0.0 if summary.ci_high is None or summary.mean is None else summary.ci_high - summary.mean for summary in summaries]
         axes.bar(xs, means, width, yerr=errors, capsize=4, label=label, color=color, alpha=0.85)
         for x, row in zip(xs, rows):
             axes.scatter([x] * len(values_of(row)), values_of(row), s=10, color="black", zorder=3)
@@ -423,10 +575,11 @@ def write_png(report: SweepReport, path: Path) -> None:
     axes.set_xticks(range(len(rows)), [row.variant for row in rows])
     axes.set_ylabel("test accuracy %")
     models = sorted({row.model for row in rows if row.model})
-    axes.set_title(f"{report.name}: {', '.join(models) or 'report model'} (mean ± std over seeds)", fontsize=10)
+    axes.set_title(f"{report.name}: {', '.join(models) or 'report model'} (mean, 95% CI, seeds)", fontsize=10)
     if lows:
         bottom = max(0.0, 5.0 * math.floor((min(lows) - 2.0) / 5.0))
-        top = max(max(row.best_mean or 0.0 for row in rows) + max(row.best_std or 0.0 for row in rows), bottom + 1.0)
+        highs = [summary.ci_high or summary.mean or 0.0 for row in rows for summary in (row.final_summary, row.best_summary)]
+        top = max(max(highs), max(max(row.final + row.best) for row in rows), bottom + 1.0)
         axes.set_ylim(bottom, min(100.0, top + 2.0) if top < 100.0 else top + 0.5)
     if not rows:
         axes.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=axes.transAxes)
@@ -442,6 +595,7 @@ def write_report(folder: str | Path) -> SweepReport:
     report = collect(folder)
     try:
         (report.folder / RESULTS_CSV).write_text(csv_text(report))
+        (report.folder / COMPARISONS_CSV).write_text(comparisons_csv_text(report))
         (report.folder / RESULTS_MD).write_text(markdown(report))
         write_png(report, report.folder / RESULTS_PNG)
     except OSError as error:
@@ -466,7 +620,7 @@ def report_text(folder: str | Path) -> str:
         raise SweepError(f"'{folder}' is a file, not a folder. {_not_a_report_folder(folder)}")
     if (folder / SWEEP_FILE).is_file() or (not is_run_folder(folder) and is_sweep_folder(folder)):
         report = write_report(folder)
-        written = ", ".join(str(folder / name) for name in (RESULTS_MD, RESULTS_CSV, RESULTS_PNG))
+        written = ", ".join(str(folder / name) for name in (RESULTS_MD, RESULTS_CSV, COMPARISONS_CSV, RESULTS_PNG))
         return f"{markdown(report)}\nWritten: {written}"
     if is_run_folder(folder):
         if not (folder / RESULTS_FILE).is_file():
@@ -490,4 +644,16 @@ def report_text(folder: str | Path) -> str:
     raise SweepError(_not_a_report_folder(folder))
 
 
-__all__ = ["SweepReport", "VariantRow", "collect", "csv_text", "markdown", "markdown_table", "report_text", "write_report"]
+__all__ = [
+    "SweepReport",
+    "VariantRow",
+    "collect",
+    "comparisons",
+    "comparisons_csv_text",
+    "comparisons_table",
+    "csv_text",
+    "markdown",
+    "markdown_table",
+    "report_text",
+    "write_report",
+]

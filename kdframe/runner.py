@@ -688,6 +688,10 @@ def resume_run(
     """
     folder = Path(folder)
     stored_path = folder / SCHEDULE_FILE
+    if not stored_path.is_file() and (folder / "sweep.json").is_file():
+        raise RunFolderError(
+            f"'{folder}' is a sweep folder, not a run folder. Continue the sweep with: kdframe sweep --join {folder}"
+        )
     if not stored_path.is_file():
         raise RunFolderError(
             f"'{folder}' is not a kdframe run folder (it has no {SCHEDULE_FILE}). Give the folder that "
@@ -699,6 +703,12 @@ def resume_run(
         if main:
             folders.remove_leftovers(folder, recursive=True)  # temporary files of a killed process
         return _resume_locked(folder, stored_path, schedule_path, overrides, force, quiet, plugins, main)
+
+
+def resume_in_folder(folder: Path, *, quiet: bool = False, plugins: Plugins | None = None) -> list[StageResult]:
+    """Continue the unfinished run in ``folder``, which the caller has locked
+    (:func:`kdframe.folders.exclusive_lock`), with the schedule it started with; return its results."""
+    return _resume_locked(folder, folder / SCHEDULE_FILE, None, None, False, quiet, plugins, True)[1]
 
 
 def _resume_locked(

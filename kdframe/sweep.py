@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdframe import folders, snapshots
 from kdframe.curriculum import StagePlan, make_curriculum, plan_stages, split_snapshot
@@ -46,7 +46,7 @@ from kdframe.registry import Registry
 from kdframe.stage_kinds import TRAIN, planned_name, pretrain_name
 from kdframe.errors import KdframeError, ScheduleError, SweepError, printable
 from kdframe.plugins import Plugins
-from kdframe.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, SWEEP_FILE, SweepReport, write_report
+from kdframe.report import COMPARISONS_CSV, RESULTS_CSV, RESULTS_MD, RESULTS_PNG, SWEEP_FILE, SweepReport, write_report
 from kdframe.schedule import (
     MAX_SEED,
     NAME_PATTERN,
@@ -65,7 +65,7 @@ FINGERPRINT_VERSION = 2
 #: Keys of an override object that name a component: restating one gives that component's params whole.
 COMPONENT_KEYS = ("name", "arch", "dataset")
 #: Names a variant cannot take, because the sweep folder holds files of these names.
-RESERVED_NAMES = {SWEEP_FILE, RESULTS_CSV, RESULTS_MD, RESULTS_PNG}
+RESERVED_NAMES = {SWEEP_FILE, RESULTS_CSV, RESULTS_MD, RESULTS_PNG, COMPARISONS_CSV}
 
 Log = Callable[[str], None]
 
@@ -73,6 +73,15 @@ Log = Callable[[str], None]
 # ---------------------------------------------------------------------------------------------------
 # The sweep file
 # ---------------------------------------------------------------------------------------------------
+
+
+class ComparisonConfig(BaseModel):
+    """A comparison the report makes: ``variant`` minus ``baseline``, with the tests of kdframe.stats."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: str = Field(description="The variant compared (a key of 'variants').")
+    baseline: str = Field(description="The variant it is compared with.")
 
 
 class SweepConfig(BaseModel):
@@ -102,6 +111,25 @@ class SweepConfig(BaseModel):
         default_factory=list,
         description="Models trained once, with the first seed, and reused for every seed (e.g. [\"teacher\"]).",
     )
+    comparisons: list[ComparisonConfig] = Field(
+        default_factory=list,
+        description="Pairs of variants the report compares (difference, Welch's and the paired "
+        "t-test), e.g. [{\"variant\": \"BLKD\", \"baseline\": \"NOKD\"}]; default: each variant "
+        "against the first.",
+    )
+
+    @model_validator(mode="after")
+    def _comparisons_name_variants(self) -> SweepConfig:
+        for index, comparison in enumerate(self.comparisons):
+            for key in ("variant", "baseline"):
+                name = getattr(comparison, key)
+                if name not in self.variants:
+                    raise ValueError(
+                        f"comparisons[{index}].{key}: '{name}' is not a variant (variants: {', '.join(self.variants)})"
+                    )
+            if comparison.variant == comparison.baseline:
+                raise ValueError(f"comparisons[{index}] compares '{comparison.variant}' with itself")
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -346,6 +374,7 @@ class RunPlan:
             "reuses": self.reuses,
             "dropped_overrides": self.dropped_overrides,
             "unused_base_overrides": self.unused_overrides,
+            "schedule": self.raw,
         }
 
 
@@ -360,6 +389,7 @@ class SweepPlan:
     seeds: list[int]
     runs: list[RunPlan]
     plugins: Plugins
+    threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         trained = sum(len(run.trains) for run in self.runs)
@@ -377,6 +407,8 @@ class SweepPlan:
             "report_model": self.config.report_model,
             "share": self.config.share,
             "share_across_seeds": self.config.share_across_seeds,
+            "comparisons": [comparison.model_dump() for comparison in self.config.comparisons],
+            "threads": self.threads,
             "stages_trained": trained,
             "stages_reused": reused,
             "finished": all(run.status == "finished" for run in self.runs),
@@ -682,12 +714,22 @@ def run_sweep(
     seeds: list[int] | None = None,
     plugins: Plugins | None = None,
     log: Log | None = print,
-) -> tuple[Path, SweepReport]:
-    """Validate a sweep in full, then run every (variant, seed) and write the report.
+    jobs: int = 1,
+    threads: int | None = None,
+    plan_only: bool = False,
+) -> tuple[Path, SweepReport | None]:
+    """Validate a sweep in full, write its plan (``sweep.json``), then run every (variant, seed) and
+    write the report.
 
+    With ``jobs`` 1 the runs go one after another in this process; with more, in that many worker
+    processes (:mod:`kdframe.sweep_workers`). Every run uses ``threads`` PyTorch threads (default:
+    the cores divided by ``jobs``), recorded in ``sweep.json`` for the workers that join later.
+    PyTorch's CPU kernels round differently with different thread counts, so runs are bit-identical
+    whatever the number of workers for the same ``threads``. With ``plan_only`` nothing runs (the
+    report is ``None``): workers started with :func:`join_sweep` run it.
     Returns the sweep folder and its report. ``log`` receives the plan and one line per run.
     """
-    from kdframe.runner import execute, make_run_folder, prepare
+    from kdframe.sweep_workers import default_threads, run_local_workers, work
 
     say = log or (lambda line: None)
     if out is not None:
@@ -698,51 +740,53 @@ def run_sweep(
     for line in describe_plan(plan):
         say(line)
     say(f"Sweep folder: {folder}")
+    plan.threads = threads or default_threads(jobs)
     write_sweep_json(folder, plan)
+    if plan_only:
+        return folder, None
+    if jobs > 1:
+        if not run_local_workers(folder, jobs, threads=plan.threads, log=say):
+            raise SweepError(unfinished_message(folder))
+    else:
+        work(folder, plugins=plugins, quiet=quiet, threads=plan.threads, log=say)
+    return folder, write_report(folder)
 
-    checkpoints: dict[str, Path] = {}  # fingerprint -> trained student.pt
-    for number, run in enumerate(plan.runs, start=1):
-        say(f"{'' if quiet else chr(10)}[{number}/{len(plan.runs)}] {run.variant} seed {run.seed} -> {folder / run.folder}")
-        source = _source(plan.source, run.variant, run.seed)
-        paths: dict[str, str] = {}
-        for entry in run.reuses:
-            checkpoint = checkpoints.get(entry["fingerprint"])
-            if checkpoint is None or not checkpoint.is_file():
-                raise SweepError(
-                    f"{source}: reuses '{entry['model']}' from {entry['from']}, but that run did not save "
-                    f"stage '{entry['from_stage']}' (it stopped early or failed). Rerun the sweep with "
-                    "\"share\": false, or fix that run."
-                )
-            paths[entry["model"]] = str(checkpoint.resolve())
-            entry["checkpoint"] = os.path.relpath(checkpoint, folder)
-        raw = _reuse_raw(run.raw, paths, run.dropped_overrides)
-        run.status = "running"
-        write_sweep_json(folder, plan)
-        try:
-            schedule = parse_schedule(raw, source)
-            validate_components(schedule, plan.plugins.registry, source)
-            experiment = prepare(schedule, plugins, resolved(schedule, plugins.registry))
-            run_folder = make_run_folder(schedule, folder / run.variant / f"seed-{run.seed}")
-            results = execute(experiment, run_folder, quiet=quiet)
-        except BaseException as error:
-            run.status = "failed"
-            write_sweep_json(folder, plan)
-            if isinstance(error, KdframeError):
-                raise SweepError(
-                    f"{source}: {error}\nThe sweep stopped here; the finished runs are kept in '{folder}', "
-                    f"and 'kdframe report {folder}' reports them."
-                ) from error
-            raise
-        by_stage = {result.stage: result for result in results}
-        for entry in run.trains:
-            result = by_stage.get(entry["stage"])
-            if result is not None and result.checkpoint:
-                entry["checkpoint"] = f"{run.folder}/{result.checkpoint}"
-                if entry["fingerprint"] is not None:
-                    checkpoints.setdefault(entry["fingerprint"], run_folder / result.checkpoint)
-        run.status = "finished"
-        write_sweep_json(folder, plan)
 
+def unfinished_message(folder: Path) -> str:
+    """Why a sweep run by local workers did not finish, and how to continue it."""
+    from kdframe.sweep_workers import read_plan
+
+    runs = read_plan(folder)["runs"]
+    failed = [f"{run['folder']} ({str(run.get('error') or '').splitlines()[0] if run.get('error') else 'no message'})" for run in runs if run.get("status") == "failed"]
+    text = f"The sweep in '{folder}' did not finish"
+    text += f": run(s) failed: {'; '.join(failed)}." if failed else " (a worker stopped; see its log in logs/)."
+    return (
+        f"{text} Finished runs are kept and 'kdframe report {folder}' reports them. Continue with: "
+        f"kdframe sweep --join {folder}{' --retry-failed' if failed else ''}"
+    )
+
+
+def join_sweep(
+    folder: str | Path,
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    quiet: bool = False,
+    retry_failed: bool = False,
+    log: Log | None = print,
+) -> tuple[Path, SweepReport]:
+    """Work on the sweep in ``folder`` (resume it, or help other workers, on this machine or another
+    that mounts the folder at the same path) until every run has finished; return its report."""
+    from kdframe.sweep_workers import read_plan, run_local_workers, work
+
+    folder = Path(folder)
+    planned = read_plan(folder).get("threads")  # also a clear error for a folder that is not a sweep's
+    threads = threads or (planned if isinstance(planned, int) and planned >= 1 else None)
+    if jobs > 1:
+        if not run_local_workers(folder, jobs, threads=threads, log=log, retry_failed=retry_failed):
+            raise SweepError(unfinished_message(folder))
+    else:
+        work(folder, quiet=quiet, threads=threads, log=log, retry_failed=retry_failed)
     return folder, write_report(folder)
 
 
@@ -752,6 +796,7 @@ __all__ = [
     "SweepPlan",
     "RunPlan",
     "describe_plan",
+    "join_sweep",
     "load_sweep",
     "merge_variant",
     "parse_seeds",

@@ -101,8 +101,8 @@ def test_csv_md_and_png(sweep_folder) -> None:
     assert float(takd["final_acc_mean"]) == pytest.approx(80.0) and takd["missing_seeds"] == "1 2"
 
     text = (sweep_folder / "results.md").read_text()
-    assert "| NOKD | student | 3 | 72.00 ± 2.00 | 73.00 ± 1.73 | 10.4k | - | - | - | - | 12 s |" in text
-    assert "| TAKD | student | 1/3 | 80.00 ± n/a | 81.50 ± n/a | 10.4k | - | - | - | - | 36 s |" in text
+    assert "| NOKD | student | 3 | 72.00 ± 2.00 [67.03, 76.97] | 73.00 ± 1.73 [68.70, 77.30] | test | 10.4k | - | - | - | - | 12 s |" in text
+    assert "| TAKD | student | 1/3 | 80.00 ± n/a | 81.50 ± n/a | test | 10.4k | - | - | - | - | 36 s |" in text
     assert "sample standard deviation (n - 1)" in text and "each run trained itself" in text
     assert "Sharing: `teacher` trained once in BLKD/seed-0, reused by TAKD/seed-0." in text
     assert "Missing: TAKD seed 1 (not run), TAKD seed 2 (stage 'student' not finished)." in text
@@ -122,7 +122,7 @@ def test_collapsed_seeds_are_flagged(tmp_path) -> None:
     write_run(folder / "A" / "seed-0", [row("student", 10.0, 12.0, collapsed=True)])
     write_run(folder / "A" / "seed-1", [row("student", 60.0, 62.0)])
     write_report(folder)
-    assert "35.00 ± 35.36 (collapsed: seed 0)" in (folder / "results.md").read_text()
+    assert "35.00 ± 35.36 [-282.66, 352.66] (collapsed: seed 0)" in (folder / "results.md").read_text()
     with open(folder / "results.csv") as stream:
         assert next(csv.DictReader(stream))["collapsed_seeds"] == "0"
 
@@ -144,10 +144,10 @@ def test_kdframe_report_on_a_sweep_folder(sweep_folder, capsys) -> None:
     (sweep_folder / "results.md").unlink(missing_ok=True)
     assert main(["report", str(sweep_folder)]) == 0
     printed = capsys.readouterr().out
-    assert "| variant | model | seeds | final acc % | best acc % | params | MACs | latency b1 | × fewer params | × faster | time / seed |" in printed
-    assert "| NOKD | student | 3 | 72.00 ± 2.00 |" in printed
+    assert "| variant | model | seeds | final acc % | best acc % | selected by | params | MACs | latency b1 | × fewer params | × faster | time / seed |" in printed
+    assert "| NOKD | student | 3 | 72.00 ± 2.00 [67.03, 76.97] |" in printed
     assert "Missing: TAKD seed 1 (not run)" in printed
-    for name in ("results.md", "results.csv", "results.png"):
+    for name in ("results.md", "results.csv", "comparisons.csv", "results.png"):
         assert (sweep_folder / name).is_file()
 
 
@@ -177,3 +177,57 @@ def test_kdframe_report_errors_exit_2(tmp_path, capsys, make, expected) -> None:
     assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
+
+
+def paired_sweep(tmp_path: Path, comparisons: list[dict[str, str]] | None = None, *, selected_by: str = "test") -> Path:
+    """Three variants, four seeds each, with fixed accuracies."""
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    write_plan(folder, ["NOKD", "BLKD", "TAKD"], [0, 1, 2, 3])
+    if comparisons is not None:
+        plan = json.loads((folder / "sweep.json").read_text())
+        (folder / "sweep.json").write_text(json.dumps({**plan, "comparisons": comparisons}))
+    accuracies = {"NOKD": [1.0, 2.0, 3.0, 4.0], "BLKD": [2.0, 4.0, 6.0, 8.0], "TAKD": [2.5, 4.0, 6.5, 8.0]}
+    for variant, values in accuracies.items():
+        for seed, value in enumerate(values):
+            entry = {**row("student", value, value + 10.0), "selected_by": selected_by}
+            write_run(folder / variant / f"seed-{seed}", [entry])
+    return folder
+
+
+def test_ci_and_p_values_match_scipy_on_fixed_data(tmp_path: Path, capsys) -> None:
+    from scipy import stats
+
+    folder = paired_sweep(tmp_path)
+    assert main(["report", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    nokd, blkd = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0]
+    # Known values: mean 2.5, std 1.291, t(0.975, 3) = 3.182446
+    assert "| NOKD | student | 4 | 2.50 ± 1.29 [0.45, 4.55] |" in printed
+    welch = stats.ttest_ind(blkd, nokd, equal_var=False)
+    paired = stats.ttest_rel(blkd, nokd)
+    interval = welch.confidence_interval(0.95)
+    assert welch.pvalue == pytest.approx(0.15158, abs=1e-5)  # t = 1.7321, Welch df = 4.4118: I_{df/(df+t²)}(df/2, 1/2)
+    assert paired.pvalue == pytest.approx(0.03047, abs=1e-5)  # t = 3.873, df = 3
+    line = f"| BLKD | NOKD | final | +2.50 | [{interval.low:+.2f}, {interval.high:+.2f}] | {welch.pvalue:.3f} | 4 | {paired.pvalue:.3f} |"
+    assert line in printed
+    with open(folder / "comparisons.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [(r["variant"], r["baseline"]) for r in rows] == [("BLKD", "NOKD"), ("TAKD", "NOKD")]  # default: against the first
+    assert float(rows[0]["welch_p"]) == pytest.approx(welch.pvalue, rel=1e-5)
+    assert float(rows[0]["paired_p"]) == pytest.approx(paired.pvalue, rel=1e-5)
+    assert float(rows[0]["welch_t"]) == pytest.approx(1.7320508, rel=1e-5)
+    assert float(rows[0]["paired_t"]) == pytest.approx(3.8729833, rel=1e-5)
+
+
+def test_declared_comparisons_and_the_metric_follow_the_selection(tmp_path: Path) -> None:
+    folder = paired_sweep(tmp_path, [{"variant": "TAKD", "baseline": "BLKD"}], selected_by="val")
+    report = write_report(folder)
+    ((comparison, metric),) = report.comparisons
+    assert (comparison.variant, comparison.baseline, metric) == ("TAKD", "BLKD", "best")
+    assert comparison.difference == pytest.approx(0.25)
+    # Differences 0.5, 0, 0.5, 0 by seed.
+    from scipy import stats
+
+    assert comparison.paired_p == pytest.approx(stats.ttest_rel([12.5, 14.0, 16.5, 18.0], [12.0, 14.0, 16.0, 18.0]).pvalue)
+    assert "| TAKD | BLKD | best | +0.25 |" in (folder / "results.md").read_text()
