@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kdframe import __version__
-from kdframe.errors import KdframeError, SweepError, printable
+from kdframe.errors import KdframeError, SweepError, TuneError, printable
 from kdframe.registry import KINDS, PLURALS
 
 EXIT_INPUT_ERROR = 2
@@ -130,6 +130,26 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/<sweep name>-<timestamp>); must not hold files")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; only the plan, one line per run and the final table")
     sweep.add_argument("--seeds", metavar="LIST", help="comma-separated seeds that replace the sweep file's, e.g. --seeds 0,1")
+
+    tune = commands.add_parser(
+        "tune",
+        help="search a schedule's hyper-parameters with Optuna; the objective is a validation metric",
+        description="Hyper-parameter search: TUNE.json names a base schedule, a search space (ranges "
+        "or choices for dotted schedule keys, as with --set), the objective (best_val_acc or "
+        "final_val_acc of a stage: the validation split, never the test split), the number of trials, "
+        "Optuna's sampler (tpe, random, grid; seeded) and pruner (fed the validation accuracy after "
+        "every epoch). Every trial is a run in <out>/trials/trial-NNNN/. The study is stored in the "
+        "folder (study.journal), so --join DIR resumes a study that stopped (a killed trial continues "
+        "from its last epoch) or adds a worker, on this machine or another that mounts DIR at the same "
+        "path. The report: trials.csv, results.md, tune.png and best_schedule.json (kdframe run "
+        "accepts it). See docs/tuning.md.",
+    )
+    tune.add_argument("tune", metavar="TUNE.json", nargs="?", help="the tune file (not with --join)")
+    tune.add_argument("--join", metavar="DIR", help="work on the study in DIR: resume it, or help the workers already on it")
+    tune.add_argument("--trials", type=int, metavar="N", help="trials in the study, replacing the tune file's")
+    tune.add_argument("--plan-only", action="store_true", help="validate and create the study folder, run no trial; then start workers with --join DIR")
+    tune.add_argument("--out", metavar="DIR", help="tune folder (default: runs/<name>-<timestamp>); must not hold files")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; one line per trial and the final table")
 
     report = commands.add_parser(
         "report",
@@ -400,8 +420,39 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from kdframe.tune import BEST_SCHEDULE, RESULTS_MD, TRIALS_CSV, TUNE_PNG, join_tune, start_tune, write_report
+
+    if args.trials is not None and args.trials < 1:
+        raise TuneError(f"--trials must be at least 1 (got {args.trials}).")
+    if (args.tune is None) == (args.join is None):
+        raise TuneError(
+            "Give either a tune file (kdframe tune TUNE.json) to start a study, or --join DIR to work on "
+            "the study in DIR, not both and not neither."
+        )
+    if args.join is not None:
+        if args.out is not None or args.trials is not None or args.plan_only:
+            raise TuneError("--out, --trials and --plan-only belong to a new study; --join continues the study in DIR as it was created.")
+        folder = Path(args.join)
+        join_tune(folder, quiet=args.quiet)
+    else:
+        folder = start_tune(args.tune, out=args.out, trials=args.trials, quiet=args.quiet, plan_only=args.plan_only)
+        if args.plan_only:
+            return 0
+    print()
+    print(printable(write_report(folder), keep_newlines=True))
+    print(f"Tune folder: {folder}")
+    print(f"Report: {', '.join(str(folder / name) for name in (RESULTS_MD, TRIALS_CSV, TUNE_PNG, BEST_SCHEDULE))}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from kdframe.report import report_text
+    from kdframe.tune import TUNE_FILE, write_report
+
+    if (Path(args.folder) / TUNE_FILE).is_file():
+        print(printable(write_report(args.folder), keep_newlines=True))
+        return 0
 
     print(printable(report_text(args.folder), keep_newlines=True))  # names read from files
     return 0
@@ -422,6 +473,7 @@ COMMANDS = {
     "plugins": _cmd_plugins,
     "schema": _cmd_schema,
     "sweep": _cmd_sweep,
+    "tune": _cmd_tune,
     "report": _cmd_report,
     "export": _cmd_export,
 }

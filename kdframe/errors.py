@@ -64,6 +64,10 @@ class SweepError(KdframeError):
     """A sweep file is malformed, one of its variants does not validate, or its runs cannot share."""
 
 
+class TuneError(KdframeError):
+    """A tune file is malformed, its search space gives invalid schedules, or its study cannot be read."""
+
+
 def printable(text: str, *, limit: int | None = None, keep_newlines: bool = False) -> str:
     """``text`` safe to print on a terminal: every non-printable character (ANSI escape sequences,
     other control characters, right-to-left overrides and other format characters) is shown as a

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for kdframe: Fashion-MNIST from Debian's package (when apt-get is available
-# and the data is not there yet) and a virtual environment .venv with kdframe and its dev and deploy
+# and the data is not there yet) and a virtual environment .venv with kdframe and its dev, deploy and tune
 # extras, and the plugin template of examples/plugin-template.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -27,7 +27,7 @@ fi
 if ! .venv/bin/python -c "import kdframe, pytest, jsonschema, hypothesis, onnx, onnxscript, onnxruntime" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.kdframe-installed ]; then
   echo "setup: installing kdframe and its dependencies into .venv (PyTorch takes a minute)"
-  .venv/bin/python -m pip install --quiet -e ".[dev,deploy]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,deploy,tune]"
   touch .venv/.kdframe-installed
 fi
 # The plugin template is installed like any third-party plugin, so that its tests run with kdframe's.

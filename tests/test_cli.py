@@ -110,7 +110,7 @@ def test_schema_command_prints_json_and_writes_a_file(tmp_path, capsys) -> None:
 def test_examples_validate(capsys) -> None:
     for example in sorted((ROOT / "examples").glob("*.json")):
         data = json.loads(example.read_text())
-        if "variants" in data:  # a sweep, checked in tests/test_sweep.py
+        if "variants" in data or "space" in data:  # a sweep or a tune file: tests/test_sweep.py, tests/test_tune.py
             continue
         if data["data"]["dataset"] == "fashion_mnist" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
             continue

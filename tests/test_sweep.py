@@ -357,7 +357,10 @@ def test_cli_sweep_errors_exit_2(tmp_path, capsys) -> None:
 @pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
 )
-@pytest.mark.parametrize("name", ["takd_fashion_mnist.json", "teacher_size_fashion_mnist.json", "parallel_sweep_fashion_mnist.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["takd_fashion_mnist.json", "teacher_size_fashion_mnist.json", "parallel_sweep_fashion_mnist.json", "regimes/regime_1k.json", "regimes/regime_5k.json"],
+)
 def test_example_sweeps_validate_and_share_teachers(name) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / name
     plan = load_sweep(example, seeds=[0])
