@@ -76,12 +76,14 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser(
         "validate",
-        help="check a schedule without training",
+        help="check a schedule (or a sweep or tune file) without training",
         description="Check a schedule as 'kdframe run' would (structure, component params, stage plan, "
         "data, models, checkpoints, layers, and one dry training step of every stage on two samples), "
-        "print the stages it would run, and train nothing.",
+        "print the stages it would run, and train nothing. Given a sweep file, check every (variant, "
+        "seed) run as 'kdframe sweep' would and print the plan; given a tune file, check the schedule "
+        "at both corners of the search space as 'kdframe tune' would. Nothing is created.",
     )
-    validate.add_argument("schedule", metavar="SCHEDULE.json", help="the schedule file")
+    validate.add_argument("schedule", metavar="SCHEDULE.json", help="the schedule, sweep or tune file")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     validate.add_argument("--print", dest="print_resolved", action="store_true", help="print the resolved schedule (all defaults filled in)")
 
@@ -239,11 +241,51 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     )
 
 
+def _file_kind(path: str) -> str | None:
+    """``sweep`` or ``tune`` for a sweep or tune file (told apart by their required keys), else ``None``."""
+    from kdframe.schedule import load_json
+
+    try:
+        data = load_json(path)
+    except KdframeError:
+        return None  # the schedule loader gives the error
+    if "base" in data and "variants" in data:
+        return "sweep"
+    if "base" in data and "space" in data:
+        return "tune"
+    return None
+
+
+def _validate_other(args: argparse.Namespace, kind: str) -> int:
+    """``kdframe validate`` of a sweep file (every run's schedule, and the plan) or a tune file."""
+    if args.overrides or args.print_resolved:
+        raise KdframeError(f"'{args.schedule}' is a {kind} file: --set and --print apply to schedules only.")
+    if kind == "sweep":
+        from kdframe.sweep import describe_plan, load_sweep
+
+        plan = load_sweep(args.schedule)
+        print(f"Sweep file '{args.schedule}' is valid; nothing was created or trained.")
+        for line in describe_plan(plan):
+            print(line)
+        return 0
+    from kdframe.tune import corner_values, load_tune, validate_tune
+
+    config, base = load_tune(args.schedule)
+    validate_tune(config, base, f"Tune file '{args.schedule}'")
+    print(f"Tune file '{args.schedule}' is valid (the schedule at both corners of the space); nothing was created or trained.")
+    print(f"  {config.trials} trial(s) over {', '.join(config.space)}; objective {config.objective.metric} of "
+          f"{config.objective.stage or 'the last stage'}; corners checked: {len(corner_values(config))}.")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from kdframe.runner import load_schedule, prepare
     from kdframe.stage_kinds import EVALUATE, PRETRAIN
     from kdframe.value_schedule import describe_value
 
+    kind = _file_kind(args.schedule)
+    if kind is not None:
+        return _validate_other(args, kind)
     schedule, plugins, resolved_schedule = load_schedule(args.schedule, args.overrides)
     experiment = prepare(schedule, plugins, resolved_schedule)
     if args.print_resolved:

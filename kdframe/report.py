@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -549,7 +548,13 @@ def comparisons_csv_text(report: SweepReport) -> str:
 
 
 def write_png(report: SweepReport, path: Path) -> None:
-    """Accuracy by variant: final and best side by side, with 95% CI error bars and each seed as a dot."""
+    """Write :func:`sweep_figure` as a PNG."""
+    sweep_figure(report).savefig(path, format="png")
+
+
+def sweep_figure(report: SweepReport) -> Any:
+    """Accuracy by variant: final and best side by side (one bar when they are the same in every
+    run), from 0 %, with 95% CI error bars, each seed as a dot and the mean written on the bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -557,37 +562,34 @@ def write_png(report: SweepReport, path: Path) -> None:
     figure = Figure(figsize=(max(4.0, 1.3 * len(rows) + 2.0), 4.0), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    width = 0.38
-    lows = []
-    for offset, label, color, values_of, summary_of in (
-        (-width / 2, "final epoch", "#4C72B0", lambda r: r.final, lambda r: r.final_summary),
-        (width / 2, "best epoch", "#DD8452", lambda r: r.best, lambda r: r.best_summary),
-    ):
+    same = all(row.final == row.best for row in rows)
+    series = [("final = best epoch" if same else "final epoch", "#4C72B0", lambda r: r.final, lambda r: r.final_summary)]
+    if not same:
+        series.append(("best (selected) epoch", "#DD8452", lambda r: r.best, lambda r: r.best_summary))
+    width = 0.6 if same else 0.38
+    for position, (label, color, values_of, summary_of) in enumerate(series):
+        offset = 0.0 if same else (position - 0.5) * width
         xs = [index + offset for index in range(len(rows))]
         summaries = [summary_of(row) for row in rows]
         means = [summary.mean for summary in summaries]
         errors = [0.0 if summary.ci_high is None or summary.mean is None else summary.ci_high - summary.mean for summary in summaries]
         axes.bar(xs, means, width, yerr=errors, capsize=4, label=label, color=color, alpha=0.85)
-        for x, row in zip(xs, rows):
+        for x, row, mean in zip(xs, rows, means):
             axes.scatter([x] * len(values_of(row)), values_of(row), s=10, color="black", zorder=3)
-            lows.append(min(values_of(row)))
-        lows += [mean - error for mean, error in zip(means, errors)]
+            if mean is not None:
+                axes.text(x, mean / 2, f"{mean:.2f}", ha="center", va="center", fontsize=7, color="white", rotation=90)
     axes.set_xticks(range(len(rows)), [row.variant for row in rows])
     axes.set_ylabel("test accuracy %")
     models = sorted({row.model for row in rows if row.model})
     axes.set_title(f"{report.name}: {', '.join(models) or 'report model'} (mean, 95% CI, seeds)", fontsize=10)
-    if lows:
-        bottom = max(0.0, 5.0 * math.floor((min(lows) - 2.0) / 5.0))
-        highs = [summary.ci_high or summary.mean or 0.0 for row in rows for summary in (row.final_summary, row.best_summary)]
-        top = max(max(highs), max(max(row.final + row.best) for row in rows), bottom + 1.0)
-        axes.set_ylim(bottom, min(100.0, top + 2.0) if top < 100.0 else top + 0.5)
+    axes.set_ylim(0.0, 100.0)
     if not rows:
         axes.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=axes.transAxes)
     if rows:
         axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    return figure
 
 
 def write_report(folder: str | Path) -> SweepReport:
@@ -654,6 +656,7 @@ __all__ = [
     "csv_text",
     "markdown",
     "markdown_table",
+    "sweep_figure",
     "report_text",
     "write_report",
 ]

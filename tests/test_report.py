@@ -12,7 +12,7 @@ import pytest
 
 from kdframe.cli import main
 from kdframe.errors import SweepError
-from kdframe.report import collect, report_text, write_report
+from kdframe.report import collect, report_text, sweep_figure, write_report
 
 
 def row(stage: str, final: float, best: float, *, params: int = 1000, wall: float = 10.0, teachers=(), collapsed: bool = False) -> dict[str, Any]:
@@ -113,6 +113,21 @@ def test_csv_md_and_png(sweep_folder) -> None:
 
     image = matplotlib.image.imread(sweep_folder / "results.png")
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    report = collect(sweep_folder)
+    axes = sweep_figure(report).axes[0]
+    assert axes.get_ylim() == (0.0, 100.0)  # bars start at 0 %, so their lengths compare honestly
+    assert len(axes.patches) == 2 * len([row for row in report.rows if row.n])  # final and best differ: two bars each
+
+
+def test_the_plot_draws_one_bar_when_final_and_best_are_the_same(tmp_path) -> None:
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    write_plan(folder, ["A", "B"], [0, 1])
+    for variant, accuracy in (("A", 80.0), ("B", 82.0)):
+        for seed in (0, 1):
+            write_run(folder / variant / f"seed-{seed}", [row("student", accuracy + seed, accuracy + seed)])
+    axes = sweep_figure(collect(folder)).axes[0]
+    assert len(axes.patches) == 2 and [text.get_text() for text in axes.get_legend().get_texts()] == ["final = best epoch"]
 
 
 def test_collapsed_seeds_are_flagged(tmp_path) -> None:

@@ -359,7 +359,14 @@ def test_cli_sweep_errors_exit_2(tmp_path, capsys) -> None:
 )
 @pytest.mark.parametrize(
     "name",
-    ["takd_fashion_mnist.json", "teacher_size_fashion_mnist.json", "parallel_sweep_fashion_mnist.json", "regimes/regime_1k.json", "regimes/regime_5k.json"],
+    [
+        "takd_fashion_mnist.json",
+        "teacher_size_fashion_mnist.json",
+        "parallel_sweep_fashion_mnist.json",
+        "regimes/regime_1k.json",
+        "regimes/regime_5k.json",
+        "regimes/regime_20k.json",
+    ],
 )
 def test_example_sweeps_validate_and_share_teachers(name) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / name
@@ -368,3 +375,27 @@ def test_example_sweeps_validate_and_share_teachers(name) -> None:
     assert "seed 0" in lines
     if not name.startswith("teacher_size"):
         assert "reuses teacher" in lines
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+)
+def test_the_early_stopped_sweep_validates_with_its_teachers(tmp_path: Path, monkeypatch) -> None:
+    """examples/regimes/early_stopped_5k.json loads the teachers that early_stopped_teacher_5k.json
+    saves (runs/regimes/es-teacher/, relative to the current folder); untrained stand-ins here."""
+    from kdframe.checkpoints import save_model
+    from kdframe.data import DataInfo
+    from kdframe.plugins import create_plugins
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "regimes"
+    teacher_run = json.loads((examples / "early_stopped_teacher_5k.json").read_text())
+    spec = create_plugins().registry.spec("model", "plain_cnn")
+    params = teacher_run["models"]["teacher"]["params"]
+    model = spec.factory(spec.params.model_validate(params), DataInfo("fashion_mnist", 10, 1, (28, 28)))
+    stage = tmp_path / "runs" / "regimes" / "es-teacher" / "stages" / "00-teacher"
+    for name in ("student.pt", f"epoch-{teacher_run['curriculum']['params']['teacher_epoch']}.pt"):
+        save_model(stage / name, model, key="teacher", arch="plain_cnn", params=params)
+    monkeypatch.chdir(tmp_path)
+    plan = load_sweep(examples / "early_stopped_5k.json", seeds=[0])
+    lines = "\n".join(describe_plan(plan))
+    assert lines.count("trains student") == 3 and "3 stage trainings" in lines  # the teachers are loaded, not trained

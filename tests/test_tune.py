@@ -238,3 +238,27 @@ def test_example_tune_files_run_on_tiny_data(tmp_path: Path, name: str) -> None:
     assert [row["state"] for row in rows] == ["complete", "complete"]
     assert len({json.dumps(row["params"], sort_keys=True) for row in rows}) == 2  # the grid gives distinct points
     assert (out / "train_once" / "teacher" / "results.json").is_file() and (out / "tune.png").is_file()
+
+
+def test_a_database_storage_url_holds_the_study(tmp_path: Path) -> None:
+    """``storage``: Optuna's database storage (SQLite here; PostgreSQL or MySQL on a cluster)."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    out = start_tune(write_tune(tmp_path, trials=2, storage=url), out=tmp_path / "out", quiet=True, log=None)
+    assert not (out / "study.journal").exists() and (tmp_path / "studies.db").is_file()
+    assert [state for state, _, _ in trials_of(out)] == ["complete", "complete"]
+    assert join_tune(out, quiet=True, log=None) is True  # nothing left: the study has its 2 trials
+    assert len(trials_of(out)) == 2
+
+
+def test_kdframe_validate_knows_tune_and_sweep_files(tmp_path: Path, capsys) -> None:
+    assert main(["validate", str(write_tune(tmp_path))]) == 0
+    assert "is valid (the schedule at both corners of the space); nothing was created" in capsys.readouterr().out
+    assert not list(tmp_path.glob("runs"))
+    from tests.test_sweep import write_sweep
+
+    (tmp_path / "sweep").mkdir()
+    assert main(["validate", str(write_sweep(tmp_path / "sweep"))]) == 0
+    printed = capsys.readouterr().out
+    assert "Sweep file" in printed and "is valid; nothing was created or trained" in printed and "seed 0" in printed
+    assert main(["validate", str(write_tune(tmp_path)), "--set", "trials=2"]) == 2
+    assert "is a tune file: --set and --print apply to schedules only" in capsys.readouterr().err
