@@ -559,9 +559,15 @@ def sweep_figure(report: SweepReport) -> Any:
     from matplotlib.figure import Figure
 
     rows = [row for row in report.rows if row.n > 0]
-    figure = Figure(figsize=(max(4.0, 1.3 * len(rows) + 2.0), 4.0), dpi=120)
+    pairs = [(comparison, metric) for comparison, metric in report.comparisons if comparison.difference is not None]
+    width_in = max(4.0, 1.3 * len(rows) + 2.0)
+    figure = Figure(figsize=(width_in + (max(3.5, 0.9 * len(pairs) + 1.5) if pairs else 0.0), 4.0), dpi=120)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    if pairs:
+        axes, differences = figure.subplots(1, 2, width_ratios=[width_in, max(3.5, 0.9 * len(pairs) + 1.5)])
+        _draw_differences(differences, pairs)
+    else:
+        axes = figure.add_subplot()
     same = all(row.final == row.best for row in rows)
     series = [("final = best epoch" if same else "final epoch", "#4C72B0", lambda r: r.final, lambda r: r.final_summary)]
     if not same:
@@ -590,6 +596,25 @@ def sweep_figure(report: SweepReport) -> Any:
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return figure
+
+
+def _draw_differences(axes: Any, pairs: list[tuple[Comparison, str]]) -> None:
+    """Each comparison's difference of means with its 95% CI (Welch), around a line at 0."""
+    for index, (comparison, metric) in enumerate(pairs):
+        low = comparison.ci_low if comparison.ci_low is not None else comparison.difference
+        high = comparison.ci_high if comparison.ci_high is not None else comparison.difference
+        significant = comparison.welch_p is not None and comparison.welch_p < 0.05
+        color = "#C44E52" if significant else "#4C72B0"
+        axes.errorbar([index], [comparison.difference], yerr=[[comparison.difference - low], [high - comparison.difference]],
+                      fmt="o", color=color, capsize=4)
+        axes.text(index, high, f" p={format_p(comparison.welch_p)}", ha="center", va="bottom", fontsize=7)
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    labels = [f"{comparison.variant}\n- {comparison.baseline}" for comparison, _ in pairs]
+    axes.set_xticks(range(len(pairs)), labels, fontsize=7)
+    axes.set_xlim(-0.6, len(pairs) - 0.4)
+    axes.set_ylabel(f"Δ {pairs[0][1] if len({metric for _, metric in pairs}) == 1 else ''} accuracy (points)")
+    axes.set_title("differences, 95% CI (Welch; red: p < 0.05)", fontsize=9)
+    axes.grid(axis="y", alpha=0.3)
 
 
 def write_report(folder: str | Path) -> SweepReport:

@@ -803,7 +803,7 @@ def write_png(config: TuneConfig, rows: list[dict[str, Any]], path: Path) -> Non
             if points:
                 ax.scatter([x for x, _ in points], [y for _, y in points], zorder=3, **style)
         ax.set_xlabel(key, fontsize=8)
-        ax.set_title(f"{config.objective.metric} against {key}", fontsize=9)
+        ax.set_title(f"{config.objective.metric} against {key.rsplit('.', 1)[-1]}", fontsize=9)
     try:
         figure.savefig(path, dpi=110)
     except OSError as error:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The experiments of docs/reproduction.md, one after another (about 45 minutes on a 2-core CPU):
-# the TAKD regimes (1k and 5k images, full-width and quarter-width students, 5 seeds), Cho & Hariharan's
+# The experiments of docs/reproduction.md, one after another (about 80 minutes on a 2-core CPU):
+# the TAKD regimes (1k, 5k and 20k images, full-width and quarter-width students, 5 seeds), Cho & Hariharan's
 # early-stopped teacher, and the teacher-assistant searches. Too long for CI, which runs tiny versions
 # of each command (tests/test_sweep.py, tests/test_tune.py). Run from the repository's root after
 # ./scripts/setup.sh; results go to runs/regimes/ (the early-stopped sweep reads its teacher there).
@@ -18,6 +18,7 @@ step() {
 }
 step regime-1k sweep examples/regimes/regime_1k.json --out "$OUT/regime-1k" --quiet
 step regime-5k sweep examples/regimes/regime_5k.json --out "$OUT/regime-5k" --quiet
+step regime-20k sweep examples/regimes/regime_20k.json --out "$OUT/regime-20k" --quiet
 step es-teacher run examples/regimes/early_stopped_teacher_5k.json --out "$OUT/es-teacher" --quiet
 step early-stopped sweep examples/regimes/early_stopped_5k.json --out "$OUT/early-stopped" --quiet
 step ta-search tune examples/ta_search_fashion_mnist.tune.json --out "$OUT/ta-search" --quiet

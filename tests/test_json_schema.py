@@ -22,11 +22,21 @@ def schema() -> dict:
 
 
 def test_examples_and_fixtures_validate(schema) -> None:
-    # Every schedule under examples/, the template plugin's too (sweep files have their own format).
-    examples = [path for path in sorted((ROOT / "examples").rglob("*.json")) if "variants" not in json.loads(path.read_text())]
+    # Every schedule under examples/, the template plugin's too (sweep and tune files have their own
+    # formats; the bases inline in them are schedules).
+    examples, inline = [], []
+    for path in sorted((ROOT / "examples").rglob("*.json")):
+        data = json.loads(path.read_text())
+        if "variants" in data or "space" in data:
+            inline += [data["base"]] if isinstance(data["base"], dict) else []
+        else:
+            examples.append(path)
     assert len(examples) >= 3 and ROOT / "examples" / "plugin-template" / "schedule.json" in examples
     for example in examples:
         jsonschema.validate(json.loads(example.read_text()), schema)
+    assert len(inline) >= 5  # the regime sweeps and the tune examples
+    for base in inline:
+        jsonschema.validate(base, schema)
     jsonschema.validate(tiny_schedule(), schema)
 
 

@@ -114,7 +114,9 @@ def test_csv_md_and_png(sweep_folder) -> None:
     image = matplotlib.image.imread(sweep_folder / "results.png")
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     report = collect(sweep_folder)
-    axes = sweep_figure(report).axes[0]
+    figure = sweep_figure(report)
+    assert len(figure.axes) == 2 and "differences, 95% CI" in figure.axes[1].get_title()  # the comparisons' panel
+    axes = figure.axes[0]
     assert axes.get_ylim() == (0.0, 100.0)  # bars start at 0 %, so their lengths compare honestly
     assert len(axes.patches) == 2 * len([row for row in report.rows if row.n])  # final and best differ: two bars each
 
