@@ -43,6 +43,10 @@ class RunFolderError(KdframeError):
     """The run folder cannot be used (it already holds a run, or it is not writable)."""
 
 
+class FolderInUseError(RunFolderError):
+    """Another kdframe process holds the folder's lock."""
+
+
 class StorageError(KdframeError):
     """A file cannot be written: the disk is full, the file system is read-only, or permission is
     denied. The message names the file, the reason and what to do; an earlier file is left intact."""

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from kdframe.errors import KdframeError, RunFolderError, StorageError
+from kdframe.errors import FolderInUseError, KdframeError, RunFolderError, StorageError
 
 try:
     import fcntl
@@ -137,7 +137,7 @@ def exclusive_lock(folder: Path, what: str = "run", *, wait: bool = False) -> It
                 )
                 yield
                 return
-            raise RunFolderError(
+            raise FolderInUseError(
                 f"{what.capitalize()} folder '{folder}' is in use by another kdframe process (it holds "
                 f"{LOCK_FILE}). Wait for it to finish or stop it, then try again; two processes never "
                 "write one run folder at once."
@@ -148,6 +148,19 @@ def exclusive_lock(folder: Path, what: str = "run", *, wait: bool = False) -> It
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         os.close(handle)
+
+
+@contextlib.contextmanager
+def try_lock(folder: Path, what: str = "run") -> Iterator[bool]:
+    """:func:`exclusive_lock` for a worker looking for free work: yields ``True`` with the lock held,
+    or ``False`` (nothing held) when another process holds it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(folder, what))
+        except FolderInUseError:
+            yield False
+            return
+        yield True
 
 
 def refuse_links(folder: Path, what: str = "run") -> None:

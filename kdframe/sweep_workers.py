@@ -32,13 +32,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kdframe import folders
-from kdframe.errors import KdframeError, RunFolderError, SweepError
+from kdframe.errors import KdframeError, SweepError
 from kdframe.report import SWEEP_FILE, write_report
 
 Log = Callable[[str], None]
@@ -153,17 +153,10 @@ def _with_checkpoints(run: dict[str, Any], checkpoints: dict[str, Path]) -> dict
     return raw
 
 
-@contextlib.contextmanager
-def claim(run_folder: Path) -> Iterator[bool]:
+def claim(run_folder: Path) -> contextlib.AbstractContextManager[bool]:
     """Hold the run folder's lock within the block; ``False`` when another worker holds it."""
     run_folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with folders.exclusive_lock(run_folder):
-            yield True
-    except RunFolderError as error:
-        if "in use by another kdframe process" not in str(error):
-            raise
-        yield False
+    return folders.try_lock(run_folder)
 
 
 def _execute(

@@ -37,7 +37,7 @@ import json
 import math
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kdframe import folders
 from kdframe.curriculum import make_curriculum, plan_stages
-from kdframe.errors import KdframeError, RunFolderError, TuneError
+from kdframe.errors import KdframeError, TuneError
 from kdframe.hookspecs import hookimpl
 from kdframe.schedule import NAME_PATTERN, apply_overrides, format_validation_error, load_json
 
@@ -486,18 +486,6 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@contextlib.contextmanager
-def _held(folder: Path) -> Iterator[bool]:
-    """Hold ``folder``'s lock within the block (``False``: another process holds it)."""
-    try:
-        with folders.exclusive_lock(folder, "trial"):
-            yield True
-    except RunFolderError as error:
-        if "in use by another kdframe process" not in str(error):
-            raise
-        yield False
-
-
 def recover_stale(folder: Path, config: TuneConfig, say: Log) -> None:
     """Mark the ``RUNNING`` trials whose folder no worker holds (their worker was killed) failed,
     and enqueue their values again for a trial that resumes their folder. Under the tune lock."""
@@ -507,7 +495,7 @@ def recover_stale(folder: Path, config: TuneConfig, say: Log) -> None:
         trial_folder = trial.user_attrs.get("folder")
         if not trial_folder:
             continue
-        with _held(folder / trial_folder) as free:
+        with folders.try_lock(folder / trial_folder, "trial") as free:
             if not free:
                 continue
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)

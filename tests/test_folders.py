@@ -269,3 +269,15 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path: Path, monkeypat
     with pytest.warns(RuntimeWarning, match="Cannot lock run folder"):
         with folders.exclusive_lock(tmp_path):
             pass
+
+
+def test_try_lock_says_whether_it_got_the_lock_and_lets_errors_through(tmp_path: Path) -> None:
+    with folders.try_lock(tmp_path) as free:
+        assert free
+        with folders.try_lock(tmp_path) as second:  # another open file description: flock says no
+            assert not second
+    with pytest.raises(ValueError, match="inside"):
+        with folders.try_lock(tmp_path) as free:
+            raise ValueError("inside")
+    with folders.try_lock(tmp_path) as free:  # released after the error
+        assert free
