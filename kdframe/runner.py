@@ -708,7 +708,17 @@ def resume_run(
 def resume_in_folder(folder: Path, *, quiet: bool = False, plugins: Plugins | None = None) -> list[StageResult]:
     """Continue the unfinished run in ``folder``, which the caller has locked
     (:func:`kdframe.folders.exclusive_lock`), with the schedule it started with; return its results."""
+    folders.remove_leftovers(folder, recursive=True)  # temporary files of a killed process
     return _resume_locked(folder, folder / SCHEDULE_FILE, None, None, False, quiet, plugins, True)[1]
+
+
+def start_in_folder(folder: Path, raw: dict[str, Any], plugins: Plugins, *, quiet: bool = False, source: str = "schedule") -> list[StageResult]:
+    """Validate the raw schedule ``raw`` (errors name ``source``) and run it in ``folder``, which the
+    caller has locked (a sweep's or a study's worker); return its results."""
+    schedule = parse_schedule(raw, source)
+    validate_components(schedule, plugins.registry, source)
+    experiment = prepare(schedule, plugins, resolved(schedule, plugins.registry))
+    return execute(experiment, make_run_folder(schedule, folder), quiet=quiet)
 
 
 def _resume_locked(

@@ -163,24 +163,18 @@ def _execute(
     folder: Path, plan: dict[str, Any], run: dict[str, Any], checkpoints: dict[str, Path], plugins: Any, quiet: bool, say: Log
 ) -> list[Any]:
     """Train (or resume) one run in its locked folder; return its stage results."""
-    from kdframe.runner import SCHEDULE_FILE, execute, make_run_folder, prepare, resume_in_folder
-    from kdframe.schedule import parse_schedule, resolved, validate_components
+    from kdframe.runner import SCHEDULE_FILE, resume_in_folder, start_in_folder
 
     run_folder = folder / run["folder"]
     source = f"Sweep '{plan.get('source', folder)}', variant '{run['variant']}' (seed {run['seed']})"
     if (run_folder / SCHEDULE_FILE).is_file():
-        folders.remove_leftovers(run_folder, recursive=True)
         done = [row.get("stage") for row in _results(run_folder).get("stages", []) if isinstance(row, dict)]
         say(
             f"Resuming {run['folder']}, which a stopped or killed worker left: finished stages "
             f"({', '.join(map(str, done)) or 'none'}) are kept, the next continues from its last saved epoch."
         )
         return resume_in_folder(run_folder, quiet=quiet, plugins=plugins)
-    raw = _with_checkpoints(run, checkpoints)
-    schedule = parse_schedule(raw, source)
-    validate_components(schedule, plugins.registry, source)
-    experiment = prepare(schedule, plugins, resolved(schedule, plugins.registry))
-    return execute(experiment, make_run_folder(schedule, run_folder), quiet=quiet)
+    return start_in_folder(run_folder, _with_checkpoints(run, checkpoints), plugins, quiet=quiet, source=source)
 
 
 def work(

@@ -532,17 +532,12 @@ def ensure_trained_once(folder: Path, data: dict[str, Any], plugins: Plugins, qu
 
 def _run(run_folder: Path, raw: dict[str, Any], plugins: Plugins, quiet: bool, source: str, say: Log) -> list[Any]:
     """Run (or resume) a schedule in ``run_folder``, which the caller has locked."""
-    from kdframe.runner import SCHEDULE_FILE, execute, make_run_folder, prepare, resume_in_folder
-    from kdframe.schedule import parse_schedule, resolved, validate_components
+    from kdframe.runner import SCHEDULE_FILE, resume_in_folder, start_in_folder
 
     if (run_folder / SCHEDULE_FILE).is_file():
-        folders.remove_leftovers(run_folder, recursive=True)
         say(f"Resuming {run_folder} from its last saved epoch.")
         return resume_in_folder(run_folder, quiet=quiet, plugins=plugins)
-    schedule = parse_schedule(raw, source)
-    validate_components(schedule, plugins.registry, source)
-    experiment = prepare(schedule, plugins, resolved(schedule, plugins.registry))
-    return execute(experiment, make_run_folder(schedule, run_folder), quiet=quiet)
+    return start_in_folder(run_folder, raw, plugins, quiet=quiet, source=source)
 
 
 def tune_worker(folder: str | Path, *, plugins: Plugins | None = None, quiet: bool = False, log: Log | None = print) -> bool:
@@ -796,11 +791,6 @@ def write_png(config: TuneConfig, rows: list[dict[str, Any]], path: Path) -> Non
         figure.savefig(path, dpi=110)
     except OSError as error:
         raise TuneError(f"Cannot write '{path}': {error.strerror}.") from None
-
-
-def report_text(folder: str | Path) -> str:
-    """The study's report (written again from the study)."""
-    return write_report(folder)
 
 
 __all__ = [
