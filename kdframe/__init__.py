@@ -1,59 +1,126 @@
 """kdframe: knowledge distillation for PyTorch, built from plugins.
 
-The public API for plugin authors is re-exported here: the hook markers, the component specs and
-``Params`` base class, the plugin API version, the loss, data and curriculum interfaces, the schedule
-models a curriculum reads, and the errors. First-party plugins import only these names (and the
+Two public APIs are re-exported here. For users: :func:`run` (a schedule given as a dict, a
+:class:`Schedule` or a file), :func:`validate`, :func:`load_model` and :func:`load_run` (a run folder),
+:func:`register` (a model or loss defined in a notebook) and :class:`RunResult`; see
+docs/python-api.md. For plugin authors: the hook markers, the component specs and ``Params`` base
+class, the plugin API version, the loss, data and curriculum interfaces, the schedule models a
+curriculum reads, and the errors. First-party plugins import only these names (and the
 ``kdframe.testing`` kit in their tests); ``tests/test_public_api.py`` checks it.
+
+Names are imported when first used (PEP 562), so ``import kdframe`` and ``kdframe --help`` do not load
+PyTorch.
 """
 
-from kdframe.curriculum import (
-    Curriculum,
-    StagePlan,
-    distill_stage,
-    scratch_stage,
-    snapshot_key,
-    split_snapshot,
-    teacher_stages,
-)
-from kdframe.data import BatchAugment, DataInfo, InMemoryDataset, SampleTransform, StreamingDataset
-from kdframe.errors import (
-    CheckpointError,
-    ComponentError,
-    DataError,
-    ExportError,
-    KdframeError,
-    LayerError,
-    PluginError,
-    ScheduleError,
-    StorageError,
-    TrainingError,
-    suggest,
-)
-from kdframe.features import LOGITS
-from kdframe.hookspecs import PLUGIN_API_VERSION, hookimpl
-from kdframe.losses import BuildContext, LayerPair, LossTerm, ModelOutputs, StepOutputs
-from kdframe.registry import (
-    CurriculumSpec,
-    DatasetSpec,
-    ExporterSpec,
-    LoggerSpec,
-    LossSpec,
-    LRScheduleSpec,
-    ModelSpec,
-    NoParams,
-    OptimizerSpec,
-    Params,
-)
-from kdframe.export import Exporter
-from kdframe.optim import LRSchedule
-from kdframe.teacher_policy import TeacherBatch, TeacherPolicy, TeacherSelection
-from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
-from kdframe.schedule import LossConfig, ModelConfig, Schedule
-from kdframe.value_schedule import ScheduledFloat, ValueSchedule, describe_value, value_at, value_range
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kdframe.api import load_model, load_run, register, run, RunResult, unregister, validate
+    from kdframe.curriculum import Curriculum, distill_stage, scratch_stage, snapshot_key, split_snapshot, StagePlan, teacher_stages
+    from kdframe.data import BatchAugment, DataInfo, InMemoryDataset, SampleTransform, StreamingDataset
+    from kdframe.errors import CheckpointError, ComponentError, DataError, ExportError, KdframeError, LayerError, PluginError, ScheduleError, StorageError, suggest, TrainingError
+    from kdframe.export import Exporter
+    from kdframe.features import LOGITS
+    from kdframe.hookspecs import hookimpl, PLUGIN_API_VERSION
+    from kdframe.losses import BuildContext, LayerPair, LossTerm, ModelOutputs, StepOutputs
+    from kdframe.optim import LRSchedule
+    from kdframe.registry import CurriculumSpec, DatasetSpec, ExporterSpec, LoggerSpec, LossSpec, LRScheduleSpec, ModelSpec, NoParams, OptimizerSpec, Params
+    from kdframe.schedule import LossConfig, ModelConfig, Schedule
+    from kdframe.state import Control, RunInfo, StageInfo, StageResult, TrainState
+    from kdframe.teacher_policy import TeacherBatch, TeacherPolicy, TeacherSelection
+    from kdframe.value_schedule import describe_value, ScheduledFloat, value_at, value_range, ValueSchedule
 
 __version__ = "0.1.0"
 
+#: Each public name and the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "BatchAugment": "kdframe.data",
+    "BuildContext": "kdframe.losses",
+    "CheckpointError": "kdframe.errors",
+    "ComponentError": "kdframe.errors",
+    "Control": "kdframe.state",
+    "Curriculum": "kdframe.curriculum",
+    "CurriculumSpec": "kdframe.registry",
+    "DataError": "kdframe.errors",
+    "DataInfo": "kdframe.data",
+    "DatasetSpec": "kdframe.registry",
+    "describe_value": "kdframe.value_schedule",
+    "distill_stage": "kdframe.curriculum",
+    "Exporter": "kdframe.export",
+    "ExportError": "kdframe.errors",
+    "ExporterSpec": "kdframe.registry",
+    "hookimpl": "kdframe.hookspecs",
+    "InMemoryDataset": "kdframe.data",
+    "KdframeError": "kdframe.errors",
+    "LayerError": "kdframe.errors",
+    "LayerPair": "kdframe.losses",
+    "load_model": "kdframe.api",
+    "load_run": "kdframe.api",
+    "LoggerSpec": "kdframe.registry",
+    "LOGITS": "kdframe.features",
+    "LossConfig": "kdframe.schedule",
+    "LossSpec": "kdframe.registry",
+    "LossTerm": "kdframe.losses",
+    "LRSchedule": "kdframe.optim",
+    "LRScheduleSpec": "kdframe.registry",
+    "ModelConfig": "kdframe.schedule",
+    "ModelOutputs": "kdframe.losses",
+    "ModelSpec": "kdframe.registry",
+    "NoParams": "kdframe.registry",
+    "OptimizerSpec": "kdframe.registry",
+    "Params": "kdframe.registry",
+    "PLUGIN_API_VERSION": "kdframe.hookspecs",
+    "PluginError": "kdframe.errors",
+    "register": "kdframe.api",
+    "run": "kdframe.api",
+    "RunInfo": "kdframe.state",
+    "RunResult": "kdframe.api",
+    "SampleTransform": "kdframe.data",
+    "Schedule": "kdframe.schedule",
+    "ScheduledFloat": "kdframe.value_schedule",
+    "ScheduleError": "kdframe.errors",
+    "scratch_stage": "kdframe.curriculum",
+    "snapshot_key": "kdframe.curriculum",
+    "split_snapshot": "kdframe.curriculum",
+    "StageInfo": "kdframe.state",
+    "StagePlan": "kdframe.curriculum",
+    "StageResult": "kdframe.state",
+    "StepOutputs": "kdframe.losses",
+    "StorageError": "kdframe.errors",
+    "StreamingDataset": "kdframe.data",
+    "suggest": "kdframe.errors",
+    "teacher_stages": "kdframe.curriculum",
+    "TeacherBatch": "kdframe.teacher_policy",
+    "TeacherPolicy": "kdframe.teacher_policy",
+    "TeacherSelection": "kdframe.teacher_policy",
+    "TrainingError": "kdframe.errors",
+    "TrainState": "kdframe.state",
+    "unregister": "kdframe.api",
+    "validate": "kdframe.api",
+    "value_at": "kdframe.value_schedule",
+    "value_range": "kdframe.value_schedule",
+    "ValueSchedule": "kdframe.value_schedule",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdframe' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
 __all__ = [
+    "__version__",
     "BatchAugment",
     "BuildContext",
     "CheckpointError",
@@ -67,13 +134,15 @@ __all__ = [
     "describe_value",
     "distill_stage",
     "Exporter",
-    "ExporterSpec",
     "ExportError",
+    "ExporterSpec",
     "hookimpl",
     "InMemoryDataset",
     "KdframeError",
     "LayerError",
     "LayerPair",
+    "load_model",
+    "load_run",
     "LoggerSpec",
     "LOGITS",
     "LossConfig",
@@ -89,7 +158,10 @@ __all__ = [
     "Params",
     "PLUGIN_API_VERSION",
     "PluginError",
+    "register",
+    "run",
     "RunInfo",
+    "RunResult",
     "SampleTransform",
     "Schedule",
     "ScheduledFloat",
@@ -104,14 +176,15 @@ __all__ = [
     "StorageError",
     "StreamingDataset",
     "suggest",
+    "teacher_stages",
     "TeacherBatch",
     "TeacherPolicy",
     "TeacherSelection",
-    "teacher_stages",
     "TrainingError",
     "TrainState",
+    "unregister",
+    "validate",
     "value_at",
     "value_range",
     "ValueSchedule",
-    "__version__",
 ]

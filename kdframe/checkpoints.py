@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,6 +37,8 @@ _REMAKE = (
 
 __all__ = [
     "CHECKSUM_KEY",
+    "WeightsReport",
+    "load_matching",
     "FORMAT",
     "atomic_torch_save",
     "checkpoint_bytes",
@@ -148,7 +151,14 @@ def load_payload(path: str | Path, *, what: str = "checkpoint", advice: str | No
     return payload
 
 
-def load_state_dict(path: str | Path, *, expected_arch: str | None = None) -> dict[str, torch.Tensor]:
+#: How to make a weights file kdframe reads, appended to messages about unreadable ``weights`` files.
+_REMAKE_WEIGHTS = (
+    "Point 'weights' at a file written by torch.save(model.state_dict(), path) (such as torchvision's "
+    ".pth files) or a kdframe student.pt, or remove 'weights' to start from a random initialisation."
+)
+
+
+def load_state_dict(path: str | Path, *, expected_arch: str | None = None, weights_file: bool = False) -> dict[str, torch.Tensor]:
     """Read a model checkpoint's state dict without executing code (see :func:`load_payload`).
 
     A missing, empty, truncated or corrupt file, a file that holds Python objects other than tensors,
@@ -156,7 +166,8 @@ def load_state_dict(path: str | Path, *, expected_arch: str | None = None) -> di
     file, the problem and the fix.
     """
     file = Path(path)
-    payload = load_payload(file)
+    what, remake = ("weights file", _REMAKE_WEIGHTS) if weights_file else ("checkpoint", _REMAKE)
+    payload = load_payload(file, what=what, advice=remake if weights_file else None)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         arch = payload.get("arch")
         if expected_arch is not None and arch != expected_arch:
@@ -173,8 +184,8 @@ def load_state_dict(path: str | Path, *, expected_arch: str | None = None) -> di
         or not all(isinstance(value, torch.Tensor) for value in state.values())
     ):
         raise CheckpointError(
-            f"Checkpoint '{file}' is neither a kdframe checkpoint nor a state_dict of tensors "
-            f"(it holds a {type(payload).__name__}). {_REMAKE}"
+            f"{what[:1].upper()}{what[1:]} '{file}' is neither a kdframe checkpoint nor a state_dict of tensors "
+            f"(it holds a {type(payload).__name__}). {remake}"
         )
     return state
 
@@ -200,7 +211,9 @@ def load_into(model: nn.Module, path: str | Path, *, label: str, expected_arch: 
             parts.append(f"{len(mismatched)} of other shapes (checkpoint vs model: {'; '.join(mismatched[:3])})")
         raise CheckpointError(
             f"Checkpoint '{path}' does not fit {label}: {', '.join(parts)}. Check that the model's "
-            "arch and params match those the checkpoint was trained with."
+            "arch and params match those the checkpoint was trained with; to fine-tune pretrained "
+            "weights with a new head (another number of classes), give the file as 'weights' "
+            "instead of 'checkpoint'."
         )
     try:
         model.load_state_dict(state, strict=True)
@@ -210,6 +223,109 @@ def load_into(model: nn.Module, path: str | Path, *, label: str, expected_arch: 
             f"Checkpoint '{path}' does not fit {label}: {first_line[:300]}. Check that the model's "
             "arch and params match those the checkpoint was trained with."
         ) from None
+
+
+@dataclass
+class WeightsReport:
+    """What :func:`load_matching` did with a weights file.
+
+    Attributes:
+        path: The file.
+        loaded: Names of the model's tensors that were loaded from it.
+        reinitialised: ``(name, shape in the file, shape in the model)`` of tensors whose shapes
+            differ (e.g. a classifier head for another number of classes): they keep their fresh
+            initialisation.
+        not_in_file: Names of the model's tensors the file lacks (they keep their initialisation).
+        not_in_model: Names of the file's tensors the model has no place for (ignored).
+        stripped_prefix: A prefix removed from every name in the file (``module.`` of a model saved
+            from ``DataParallel``), or "".
+    """
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    reinitialised: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    not_in_file: list[str] = field(default_factory=list)
+    not_in_model: list[str] = field(default_factory=list)
+    stripped_prefix: str = ""
+
+    def summary(self, label: str) -> str:
+        """One paragraph for the console: how many tensors were loaded and which were not."""
+        total = len(self.loaded) + len(self.reinitialised) + len(self.not_in_file)
+        parts = [f"{label} starts from '{self.path}': {len(self.loaded)} of {total} weight tensors loaded"]
+        if self.reinitialised:
+            shown = "; ".join(f"{name} (file {_shape(a)}, model {_shape(b)})" for name, a, b in self.reinitialised[:4])
+            more = f"; and {len(self.reinitialised) - 4} more" if len(self.reinitialised) > 4 else ""
+            parts.append(f"re-initialised (shape differs): {shown}{more}")
+        if self.not_in_file:
+            parts.append(f"not in the file, initialised: {_names(self.not_in_file)}")
+        if self.not_in_model:
+            parts.append(f"ignored (not in the model): {_names(self.not_in_model)}")
+        if self.stripped_prefix:
+            parts.append(f"the prefix '{self.stripped_prefix}' was removed from the file's names")
+        return "; ".join(parts) + "."
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "loaded": self.loaded,
+            "reinitialised": [{"name": name, "file_shape": list(a), "model_shape": list(b)} for name, a, b in self.reinitialised],
+            "not_in_file": self.not_in_file,
+            "not_in_model": self.not_in_model,
+            "stripped_prefix": self.stripped_prefix,
+        }
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+#: Prefixes that wrappers add to every name of a saved state dict (DataParallel, torch.compile).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def load_matching(model: nn.Module, path: str | Path, *, label: str) -> WeightsReport:
+    """Load into ``model`` every tensor of a weights file whose name and shape fit; return what was
+    loaded, re-initialised and ignored (:class:`WeightsReport`).
+
+    The file is read like a checkpoint (``weights_only=True``; a kdframe checkpoint of any
+    architecture or a plain state dict). A file of which nothing fits the model is a
+    :class:`CheckpointError`: it is a weights file of another network.
+    """
+    state = load_state_dict(path, weights_file=True)
+    own = model.state_dict()
+    report = WeightsReport(str(path))
+    for prefix in _WRAPPER_PREFIXES:
+        if state and not any(name in own for name in state) and all(name.startswith(prefix) for name in state):
+            state = {name[len(prefix):]: tensor for name, tensor in state.items()}
+            report.stripped_prefix = prefix
+    fitting: dict[str, torch.Tensor] = {}
+    for name, tensor in own.items():
+        if name not in state:
+            report.not_in_file.append(name)
+        elif state[name].shape != tensor.shape:
+            report.reinitialised.append((name, tuple(state[name].shape), tuple(tensor.shape)))
+        else:
+            fitting[name] = state[name]
+            report.loaded.append(name)
+    report.not_in_model = [name for name in state if name not in own]
+    if not fitting:
+        examples = ", ".join(list(state)[:3]) or "none"
+        raise CheckpointError(
+            f"Weights file '{path}' has nothing that fits {label}: none of its {len(state)} tensors "
+            f"(e.g. {examples}) has the name and shape of one of the model's (e.g. "
+            f"{', '.join(list(own)[:3])}). It holds the weights of another network; check the file "
+            "and the model's arch and params."
+        )
+    try:
+        model.load_state_dict(fitting, strict=False)
+    except RuntimeError as error:  # e.g. a tensor type that cannot be copied into a parameter
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"Weights file '{path}' does not fit {label}: {first_line[:300]}.") from None
+    return report
 
 
 def _unreadable(error: Exception) -> str:

@@ -177,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("folder", metavar="RUN_DIR", help="the run folder ('Run folder:' of kdframe run)")
     export.add_argument("--stage", metavar="NAME", help="the stage whose model to export (default: the run's final student)")
     export.add_argument("--format", default="onnx", metavar="FORMAT", help="a registered exporter: onnx (default), pt2, torchscript, or one a plugin adds ('kdframe plugins --kind exporter')")
+    export.add_argument("--best", action="store_true", help="export the weights of the stage's best epoch (best.pt, chosen by the validation split when there is one) instead of its last (student.pt); files are named <stage>-best.*")
     export.add_argument("--int8", action="store_true", help="also write and verify a post-training int8 model (formats that offer it: onnx)")
     export.add_argument("--calibration-samples", type=int, default=256, metavar="N", help="training images that calibrate --int8 (default 256)")
     export.add_argument("--test-samples", type=int, metavar="N", help="verify on the first N test images only (default: the whole test split)")
@@ -279,7 +280,7 @@ def _validate_other(args: argparse.Namespace, kind: str) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from kdframe.runner import load_schedule, prepare
+    from kdframe.runner import load_schedule, model_label, prepare
     from kdframe.stage_kinds import EVALUATE, PRETRAIN
     from kdframe.value_schedule import describe_value
 
@@ -310,7 +311,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             extras.append(f"keeps snapshots after epochs {', '.join(map(str, setup.snapshots))}")
         more = f" ({'; '.join(extras)})" if extras else ""
         epochs = f"{info.epochs} epoch" + ("" if info.epochs == 1 else "s")
-        print(f"  {info.index + 1}. {info.name} ({info.arch}), {epochs}, from {teachers}{more}: {terms}")
+        arch = info.arch
+        if info.student in schedule.models:
+            config = schedule.models[info.student]
+            arch = model_label(plugins.registry, config.arch, config.params) or arch
+        print(f"  {info.index + 1}. {info.name} ({arch}), {epochs}, from {teachers}{more}: {terms}")
+    for key, report in experiment.weights.items():
+        print(report.summary(f"models.{key}"))
     return 0
 
 
@@ -456,9 +463,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         calibration_samples=args.calibration_samples,
         test_samples=args.test_samples,
         out=args.out,
+        best=args.best,
     )
+    base = f"{report.stage}-best" if args.best else report.stage
     print(printable(format_export(report), keep_newlines=True))
-    print(f"\nWritten to {target}: {', '.join(artefact.file for artefact in report.artefacts)}, {report.stage}.{report.format}.json")
+    print(f"\nWritten to {target}: {', '.join(artefact.file for artefact in report.artefacts)}, {base}.{report.format}.json")
     return 0
 
 

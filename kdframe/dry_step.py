@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from kdframe.data import AnyDataset, InMemoryDataset
-from kdframe.errors import TrainingError
+from kdframe.errors import ComponentError, TrainingError
 from kdframe.losses import ModelOutputs, StepOutputs
 from kdframe.optim import trainable_parameters
 from kdframe.resume import rng_state, set_rng_state
@@ -54,6 +54,24 @@ def global_generators_kept() -> Iterator[None]:
         set_rng_state(generators)
 
 
+def check_logits(setup: StageSetup, key: str, role: str, logits: Tensor, data: AnyDataset) -> None:
+    """Refuse a model whose output is not one logit per class of the data: a teacher with another
+    head (say a 1000-class pretrained network on 3 classes) would otherwise fail, or silently teach
+    nonsense, at the first distillation batch."""
+    classes = len(data.classes)
+    if isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[1] == classes:
+        return
+    shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+    width = f"{logits.shape[1]} logits" if isinstance(logits, Tensor) and logits.ndim == 2 else f"an output of shape {shape}"
+    raise ComponentError(
+        f"Stage '{setup.info.name}': models.{key} (the stage's {role}) gives {width} per image, but the dataset has "
+        f"{classes} classes, so its outputs cannot be compared with the labels or with the other models'. "
+        f"Give it a head of {classes} outputs: set models.{key}.params.num_classes to {classes} (or leave it "
+        "out to take the dataset's), and start a pretrained model from its weights file with "
+        f"models.{key}.weights, which re-initialises a head of another shape."
+    )
+
+
 def check_step(setup: StageSetup, data: AnyDataset) -> None:
     """Run one dry step of ``setup`` (see the module's docs); raise on a term that fails."""
     if not trains(setup.kind) or not setup.terms:
@@ -82,9 +100,11 @@ def check_step(setup: StageSetup, data: AnyDataset) -> None:
                 teacher = teachers[index]
                 teacher.eval()
                 logits = teacher(images)
+                check_logits(setup, setup.info.teachers[index], "teacher", logits, data)
                 tap = setup.teacher_tap if index == 0 else None
                 teacher_outputs.append(ModelOutputs(logits, tap.take() if tap else {}))
         logits = student(images)
+        check_logits(setup, setup.info.student, "student", logits, data)
         features = setup.student_tap.take() if setup.student_tap else {}
         outputs = StepOutputs(
             ModelOutputs(logits, features), teacher_outputs, labels, 0, setup.training.epochs, indices,

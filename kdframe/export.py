@@ -266,6 +266,7 @@ def export_stage(
     out: str | Path | None = None,
     settings: LatencySettings | None = None,
     plugins: Plugins | None = None,
+    best: bool = False,
 ) -> tuple[ExportReport, Path]:
     """Export a stage's model from its run folder to ``format`` and verify it (see the module
     docstring); return the report and the folder the artefacts were written to.
@@ -281,12 +282,15 @@ def export_stage(
         out: Where to write (default ``<folder>/exports``).
         settings: How the artefacts are timed.
         plugins: The plugin manager to read the run with (default: the one its schedule asks for).
+        best: Export the weights of the stage's best epoch (``best.pt``) instead of its last; the
+            files are named ``<stage>-best.*``.
     """
     from kdframe.saved_models import load_stage_model, training_images
     from kdframe.schedule import component_params
 
     folder = Path(folder)
-    saved = load_stage_model(folder, stage, plugins)
+    saved = load_stage_model(folder, stage, plugins, best=best)
+    base = f"{saved.stage}-best" if best else saved.stage
     registry = saved.plugins.registry
     component = registry.get("exporter", format)
     validated = component_params(registry, "exporter", format, params or {}, "--param")
@@ -300,7 +304,7 @@ def export_stage(
         )
     settings = settings or LatencySettings()
     model = saved.model
-    label = f"Stage '{saved.stage}' (model '{saved.key}', {saved.arch})"
+    label = f"Stage '{saved.stage}' (model '{saved.key}', {saved.arch}{', best epoch' if best else ''})"
     batch_size = saved.schedule.data.eval_batch_size
     batches = [(images.cpu(), labels.cpu()) for images, labels, _ in eval_batches(saved.data, batch_size, device=torch.device("cpu"))]
     if test_samples is not None:
@@ -319,7 +323,7 @@ def export_stage(
     )
     target = Path(out) if out is not None else folder / EXPORTS_FOLDER
     with tempfile.TemporaryDirectory(prefix="kdframe-export-") as scratch:
-        fp32_path = Path(scratch) / f"{saved.stage}{exporter.suffix}"
+        fp32_path = Path(scratch) / f"{base}{exporter.suffix}"
         try:
             with quiet_exporters(), torch.inference_mode(False):
                 exporter.export(model, example, fp32_path)
@@ -344,7 +348,7 @@ def export_stage(
         report.artefacts.append(fp32)
         written = [fp32_path]
         if int8:
-            int8_path = Path(scratch) / f"{saved.stage}.int8{exporter.suffix}"
+            int8_path = Path(scratch) / f"{base}.int8{exporter.suffix}"
             calibration = training_images(saved.data, calibration_samples, saved.schedule.seed)
             try:
                 with quiet_exporters():
@@ -364,7 +368,7 @@ def export_stage(
         target.mkdir(parents=True, exist_ok=True)
         for path in written:
             shutil.move(str(path), target / path.name)
-    write_text_atomic(target / f"{saved.stage}.{format}.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    write_text_atomic(target / f"{base}.{format}.json", json.dumps(report.to_dict(), indent=2) + "\n")
     return report, target
 
 

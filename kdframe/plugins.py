@@ -6,6 +6,10 @@ deterministic order (allow- and block-lists applied), records which distribution
 checks that every hook a plugin implements exists and that the plugin was written for this plugin-API
 major version, and builds the component :class:`~kdframe.registry.Registry` from them.
 
+Plugins registered in the process itself (:func:`register_in_process`: a notebook's own model or
+loss, through :func:`kdframe.register`) are added to every plugin manager built afterwards, after the
+entry points, until :func:`unregister_in_process` removes them.
+
 A broken plugin (import error, unknown hook, hookimpl with a wrong signature, failing registration
 hook, other API version) is an error naming the plugin and its distribution, or, when
 ``skip_broken`` is on, a warning, and the plugin is left out.
@@ -36,6 +40,25 @@ SKIP_BROKEN_ENV = "KDFRAME_SKIP_BROKEN_PLUGINS"
 #: Module attribute a plugin may set to the plugin-API major version it was written for.
 API_ATTRIBUTE = "KDFRAME_PLUGIN_API"
 EVENT_HOOK_PREFIX = "kdframe_on_"
+
+#: Plugins registered in this process (name -> plugin), added to every manager create_plugins builds.
+_IN_PROCESS: dict[str, object] = {}
+
+
+def register_in_process(name: str, plugin: object) -> None:
+    """Add ``plugin`` to every plugin manager :func:`create_plugins` builds from now on in this
+    process; a plugin of the same name registered earlier is replaced (a notebook cell run again)."""
+    _IN_PROCESS[name] = plugin
+
+
+def unregister_in_process(name: str) -> None:
+    """Remove a plugin registered with :func:`register_in_process` (no error when there is none)."""
+    _IN_PROCESS.pop(name, None)
+
+
+def in_process_plugins() -> list[tuple[str, object]]:
+    """The plugins registered with :func:`register_in_process`, in registration order."""
+    return list(_IN_PROCESS.items())
 
 
 class BrokenPluginWarning(UserWarning):
@@ -235,7 +258,8 @@ def create_plugins(
     Args:
         load_entry_points: Load the ``kdframe`` entry points of installed distributions. ``None``
             means yes unless the environment variable ``KDFRAME_DISABLE_PLUGIN_AUTOLOAD`` is set.
-        plugins: Extra ``(name, plugin)`` pairs to register (modules or objects), after entry points.
+        plugins: Extra ``(name, plugin)`` pairs to register (modules or objects), after entry points
+            and the in-process plugins (:func:`register_in_process`; one of the same name is replaced).
         allowed: Entry-point plugin names (wildcards allowed) to load; the others are not loaded.
             ``None`` (and an empty ``KDFRAME_ALLOW_PLUGINS``) means all. Combined with
             ``KDFRAME_ALLOW_PLUGINS``: a plugin is loaded only when both allow it. A name given here
@@ -260,6 +284,8 @@ def create_plugins(
         allow_lists.append(env_list(ALLOW_ENV))
     if skip_broken is None:
         skip_broken = env_flag(SKIP_BROKEN_ENV)
+    given = {name for name, _ in plugins}
+    plugins = [*((name, plugin) for name, plugin in in_process_plugins() if name not in given), *plugins]
 
     def refuse(provider: Provider, message: str, error: BaseException | None = None) -> None:
         if not skip_broken:

@@ -88,9 +88,16 @@ class LossSpec(ComponentSpec):
 
 @dataclass(frozen=True)
 class ModelSpec(ComponentSpec):
-    """A model architecture. ``factory(params, data_info)`` returns a ``torch.nn.Module`` classifier."""
+    """A model architecture. ``factory(params, data_info)`` returns a ``torch.nn.Module`` classifier.
+
+    Attributes:
+        label: Optional ``label(params) -> str``: the architecture as results tables show it, for an
+            architecture that builds many models (``torchvision`` shows ``torchvision resnet18``);
+            ``None`` shows the architecture's name.
+    """
 
     kind: ClassVar[str] = "model"
+    label: Callable[[Any], str] | None = None
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             [
                 row["stage"],
-                row["arch"],
+                row.get("arch_label") or row["arch"],
                 ",".join(row["teachers"]) or "- (labels)",
                 f"{row['epochs_run']}/{row['epochs']}",
                 f"{row['final_test_acc']:.2f}{flag}",

@@ -55,6 +55,10 @@ from kdframe.stage_setup import StageSetup, WeightedTerm, trained_parameters
 from kdframe.trainer import LoopSettings, StageCallbacks, Trainer
 
 SCHEDULE_FILE = "schedule.json"
+#: What each model with a ``weights`` file loaded from it (:class:`kdframe.checkpoints.WeightsReport`).
+WEIGHTS_FILE = "weights.json"
+#: A stage's weights after its best epoch (``student.pt`` holds those after its last).
+BEST_FILE = "best.pt"
 
 
 @dataclass
@@ -69,6 +73,8 @@ class Experiment:
     stages: list[StagePlan]
     setups: list[StageSetup] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: What each model with ``weights`` loaded from its file, by model key.
+    weights: dict[str, checkpoints.WeightsReport] = field(default_factory=dict)
 
 
 def pick_device(name: str) -> torch.device:
@@ -85,8 +91,15 @@ def pick_device(name: str) -> torch.device:
 
 def load_schedule(path: str | Path, overrides: list[str] | None = None, plugins: Plugins | None = None) -> tuple[Schedule, Plugins, dict[str, Any]]:
     """Read, override and validate a schedule file (structure and every component's params)."""
-    source = f"Schedule '{path}'"
-    raw = apply_overrides(load_json(path), overrides or [])
+    return validate_raw(load_json(path), overrides, plugins, source=f"Schedule '{path}'")
+
+
+def validate_raw(
+    raw: dict[str, Any], overrides: list[str] | None = None, plugins: Plugins | None = None, *, source: str = "schedule"
+) -> tuple[Schedule, Plugins, dict[str, Any]]:
+    """Override and validate a schedule given as a dict (as read from JSON); errors name ``source``.
+    Returns the schedule, the plugin manager it asks for (``plugins`` when given) and its resolved form."""
+    raw = apply_overrides(raw, overrides or [])
     schedule = parse_schedule(raw, source)
     plugins = plugins or plugins_for(schedule.plugins)
     validate_components(schedule, plugins.registry, source)
@@ -111,9 +124,10 @@ def prepare(schedule: Schedule, plugins: Plugins, resolved_schedule: dict[str, A
 
     seed_everything(schedule.seed)
     data = load_data(schedule, plugins)
-    models = build_models(schedule, plugins, data)
+    weights: dict[str, checkpoints.WeightsReport] = {}
+    models = build_models(schedule, plugins, data, weights)
     snapshots.add_copies(stages, models)
-    experiment = Experiment(schedule, resolved_schedule, plugins, data, models, stages)
+    experiment = Experiment(schedule, resolved_schedule, plugins, data, models, stages, weights=weights)
     setups = [setup for plan in stages for setup in build_stage(experiment, plan)]
     for index, setup in enumerate(setups):
         setup.info = dataclasses.replace(setup.info, index=index)
@@ -175,17 +189,29 @@ def with_validation(data: AnyDataset, config: DataConfig) -> AnyDataset:
     return data.carve_validation(count, config.validation_seed)
 
 
-def build_models(schedule: Schedule, plugins: Plugins, data: AnyDataset) -> dict[str, nn.Module]:
-    """Instantiate every model of the schedule and load checkpoints.
+def build_models(
+    schedule: Schedule, plugins: Plugins, data: AnyDataset, weights: dict[str, checkpoints.WeightsReport] | None = None
+) -> dict[str, nn.Module]:
+    """Instantiate every model of the schedule and load checkpoints and weights files (what each
+    weights file loaded goes into ``weights``, by model key).
 
-    Each model's initial weights depend only on the seed and the model's name.
+    Each model's initial weights depend only on the seed, the model's name and its weights file.
     """
-    return {key: build_model(schedule, plugins, data, key) for key in schedule.models}
+    return {key: build_model(schedule, plugins, data, key, weights=weights) for key in schedule.models}
 
 
-def build_model(schedule: Schedule, plugins: Plugins, data: AnyDataset, key: str, *, load_checkpoint: bool = True) -> nn.Module:
+def build_model(
+    schedule: Schedule,
+    plugins: Plugins,
+    data: AnyDataset,
+    key: str,
+    *,
+    load_checkpoint: bool = True,
+    weights: dict[str, checkpoints.WeightsReport] | None = None,
+) -> nn.Module:
     """Instantiate the schedule's model ``key`` (seeded by the run's seed and the model's name) and,
-    unless ``load_checkpoint`` is false, load its ``checkpoint``."""
+    unless ``load_checkpoint`` is false, load its ``checkpoint`` or the fitting tensors of its
+    ``weights`` file (the report of which goes into ``weights``)."""
     config = schedule.models[key]
     spec = plugins.registry.spec("model", config.arch)
     params = component_params(plugins.registry, "model", config.arch, config.params, f"models.{key}")
@@ -204,6 +230,10 @@ def build_model(schedule: Schedule, plugins: Plugins, data: AnyDataset, key: str
         ) from cause
     if load_checkpoint and config.checkpoint is not None:
         checkpoints.load_into(model, config.checkpoint, label=f"model '{key}' ({config.arch})", expected_arch=config.arch)
+    if load_checkpoint and config.weights is not None:
+        report = checkpoints.load_matching(model, config.weights, label=f"model '{key}' ({config.arch})")
+        if weights is not None:
+            weights[key] = report
     return model
 
 
@@ -402,6 +432,12 @@ def execute(
     main = distributed.is_main()  # with several processes only rank 0 writes files and logs
     if not resuming and main:
         folders.write_text_atomic(folder / SCHEDULE_FILE, json.dumps(experiment.resolved, indent=2) + "\n")
+        if experiment.weights:
+            reports = {key: report.to_dict() for key, report in experiment.weights.items()}
+            folders.write_text_atomic(folder / WEIGHTS_FILE, json.dumps(reports, indent=2) + "\n")
+    if main and not quiet:
+        for key, report in experiment.weights.items():
+            print(report.summary(f"models.{key}"))
     data = experiment.data.to(device)
     for model in experiment.models.values():
         model.to(device)
@@ -513,6 +549,9 @@ def run_stage(
         setup.student.load_state_dict(experiment.models[setup.init_from].state_dict())
     key = setup.info.student
     save: Any = None
+    arch_label = ""
+    if key in schedule.models:
+        arch_label = model_label(plugins.registry, schedule.models[key].arch, schedule.models[key].params)
     if trains(setup.kind):
         model_config = schedule.models[key]
         params = component_params(plugins.registry, "model", model_config.arch, model_config.params, "")
@@ -543,11 +582,17 @@ def run_stage(
             return
         save_stage_state(stage_folder, setup.info.name, trainer_state, collect_plugin_state(plugins, run, setup.info))
 
+    best_file = stage_folder / BEST_FILE
+
+    def save_best(model: nn.Module, epoch: int) -> None:
+        save(best_file, model)
+
     settings = LoopSettings(
         device, schedule.data.batch_size, schedule.data.eval_batch_size, schedule.seed, schedule.data.num_workers
     )
     callbacks = StageCallbacks(
         save_snapshot=snapshot,
+        save_best=save_best if save is not None else None,
         save_state=save_state if trains(setup.kind) else None,
         resume_state=saved["trainer"] if saved is not None else None,
         stop_requested=stop_requested,
@@ -581,8 +626,23 @@ def run_stage(
         selected_by="val" if outcome.best_val_acc is not None else "test",
         final_val_acc=None if outcome.final_val_acc is None else round(outcome.final_val_acc, 4),
         best_val_acc=None if outcome.best_val_acc is None else round(outcome.best_val_acc, 4),
+        best_checkpoint=os.path.relpath(best_file, folder) if save is not None and best_file.is_file() else "",
+        arch_label=arch_label,
     )
     return result, outcome.stop_run
+
+
+def model_label(registry: Registry, arch: str, params: dict[str, Any]) -> str:
+    """The architecture as results tables show it (its spec's ``label``), or "" for its name."""
+    spec = registry.spec("model", arch)
+    label = getattr(spec, "label", None)
+    if label is None:
+        return ""
+    try:
+        with registry.component_code("model", arch, "its label"):
+            return str(label(component_params(registry, "model", arch, params, "")))
+    except PluginError:
+        return ""
 
 
 def restore_finished_stage(experiment: Experiment, setup: StageSetup) -> None:
@@ -661,7 +721,20 @@ def run_schedule(
     plugins: Plugins | None = None,
 ) -> tuple[Path, list[StageResult]]:
     """Validate, prepare and run a schedule file; return the run folder and the stage results."""
-    schedule, plugins, resolved_schedule = load_schedule(path, overrides, plugins)
+    return run_raw(load_json(path), overrides=overrides, out=out, quiet=quiet, plugins=plugins, source=f"Schedule '{path}'")
+
+
+def run_raw(
+    raw: dict[str, Any],
+    *,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    quiet: bool = False,
+    plugins: Plugins | None = None,
+    source: str = "schedule",
+) -> tuple[Path, list[StageResult]]:
+    """:func:`run_schedule` for a schedule given as a dict (errors name ``source``)."""
+    schedule, plugins, resolved_schedule = validate_raw(raw, overrides, plugins, source=source)
     experiment = prepare(schedule, plugins, resolved_schedule)
     # Under torchrun: join the process group; rank 0 claims the run folder and tells the others.
     env = distributed.init_from_env(pick_device(schedule.device))

@@ -35,11 +35,13 @@ class SavedModel:
         stage: The stage's name.
         key: The model's key in the schedule's ``models``.
         arch: Its architecture.
-        model: The model with the stage's final weights, in eval mode, on the CPU.
+        model: The model with the stage's weights (after its last epoch, or after its best with
+            ``best=True``), in eval mode, on the CPU.
         data: The run's dataset (the same train/test subsets as the run).
         schedule: The run's resolved schedule.
         plugins: The plugin manager the schedule was read with.
         row: The stage's row of ``results.json``.
+        checkpoint: The file the weights were read from.
     """
 
     folder: Path
@@ -51,6 +53,7 @@ class SavedModel:
     schedule: Schedule
     plugins: Plugins
     row: dict[str, Any]
+    checkpoint: Path
 
 
 def _not_a_run(folder: Path, what: str) -> RunFolderError:
@@ -102,9 +105,12 @@ def pick_stage(folder: Path, rows: list[dict[str, Any]], stage: str | None) -> d
     return named[-1]
 
 
-def load_stage_model(folder: str | Path, stage: str | None = None, plugins: Plugins | None = None) -> SavedModel:
+def load_stage_model(
+    folder: str | Path, stage: str | None = None, plugins: Plugins | None = None, *, best: bool = False
+) -> SavedModel:
     """Rebuild a stage's trained model from its run folder (by default the last stage that saved a
-    model: the run's final student), with the run's data.
+    model: the run's final student), with the run's data: its weights after the last epoch
+    (``student.pt``), or with ``best`` after the epoch the selecting split chose (``best.pt``).
 
     Raises:
         RunFolderError: The folder is missing, not a run folder, or has no such finished stage.
@@ -122,13 +128,19 @@ def load_stage_model(folder: str | Path, stage: str | None = None, plugins: Plug
         )
     data = load_data(schedule, plugins)
     model = build_model(schedule, plugins, data, key, load_checkpoint=False)
-    checkpoint = folder / str(row["checkpoint"])
+    field = "best_checkpoint" if best else "checkpoint"
+    if best and not row.get(field):
+        raise RunFolderError(
+            f"Stage '{row['stage']}' of the run in '{folder}' kept no best-epoch weights (best.pt): it ran "
+            "under an earlier kdframe, which did not keep them. Load its last weights instead (without best)."
+        )
+    checkpoint = folder / str(row[field])
     if not checkpoint.resolve().is_relative_to(folder.resolve()):
-        raise RunFolderError(f"'{folder / RESULTS_FILE}' points stage '{row['stage']}' at '{row['checkpoint']}', outside the run folder. Restore the file.")
+        raise RunFolderError(f"'{folder / RESULTS_FILE}' points stage '{row['stage']}' at '{row[field]}', outside the run folder. Restore the file.")
     arch = schedule.models[key].arch
     checkpoints.load_into(model, checkpoint, label=f"model '{key}' ({arch}) of stage '{row['stage']}'", expected_arch=arch)
     model.eval()
-    return SavedModel(folder, str(row["stage"]), key, arch, model, data, schedule, plugins, row)
+    return SavedModel(folder, str(row["stage"]), key, arch, model, data, schedule, plugins, row, checkpoint)
 
 
 def training_images(data: AnyDataset, count: int, seed: int) -> Tensor:

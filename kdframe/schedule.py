@@ -124,7 +124,8 @@ class DataConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """A named model: its architecture and, optionally, a checkpoint to start from."""
+    """A named model: its architecture and, optionally, a checkpoint to use as it is or a weights
+    file to start training from."""
 
     arch: str = Field(description="Registered model architecture, e.g. 'plain_cnn'.")
     params: dict[str, Any] = Field(default_factory=dict, description="The architecture's params.")
@@ -133,6 +134,22 @@ class ModelConfig(StrictModel):
         description="Path of a saved state (a kdframe student.pt or a plain state_dict). A model "
         "with a checkpoint is used as it is; one without is trained in its own stage.",
     )
+    weights: str | None = Field(
+        None,
+        description="Path of a local weights file (a plain state_dict, e.g. a torchvision .pth, or "
+        "a kdframe student.pt) to start from before the model trains in its own stage: every "
+        "tensor whose name and shape fit is loaded, the rest (e.g. a classifier head for another "
+        "number of classes) keeps its fresh initialisation; the run prints what was loaded, "
+        "re-initialised and ignored. Read with weights_only=True.",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoint_or_weights(self) -> ModelConfig:
+        if self.checkpoint is not None and self.weights is not None:
+            raise ValueError(
+                "give checkpoint (use the model as it is) or weights (start training from them), not both"
+            )
+        return self
 
 
 class FlatComponentRef(StrictModel):

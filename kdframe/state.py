@@ -125,7 +125,8 @@ class StageResult:
             there is a validation split, else of the highest test accuracy (``selected_by``).
         params: Number of parameters of the trained model.
         wall_time_s: Seconds the stage took (of the last process, for a resumed stage).
-        checkpoint: ``student.pt`` of the stage, relative to the run folder ("" for an ``evaluate`` stage).
+        checkpoint: ``student.pt`` of the stage (the weights after its last epoch), relative to the
+            run folder ("" for an ``evaluate`` stage).
         collapsed: Whether test accuracy stayed at chance level after the warm-up.
         skipped_batches: Batches skipped for a non-finite loss (``training.on_nonfinite: "skip"``).
         compression: The model's measured size and speed and its ratios to the run's teacher
@@ -134,6 +135,9 @@ class StageResult:
         selected_by: The split that chose ``best_epoch``: ``val`` or ``test``.
         final_val_acc: Validation accuracy (percent) after the last epoch (``None``: no validation split).
         best_val_acc: Validation accuracy at ``best_epoch`` (``None``: no validation split).
+        best_checkpoint: ``best.pt`` of the stage: the weights after ``best_epoch``, relative to the
+            run folder ("" for an ``evaluate`` stage, or a stage that ran under an earlier kdframe).
+        arch_label: The architecture as tables show it (e.g. ``torchvision resnet18``); "" shows ``arch``.
     """
 
     stage: str
@@ -154,6 +158,8 @@ class StageResult:
     selected_by: Literal["val", "test"] = "test"
     final_val_acc: float | None = None
     best_val_acc: float | None = None
+    best_checkpoint: str = ""
+    arch_label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

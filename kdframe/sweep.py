@@ -296,7 +296,10 @@ def stage_fingerprints(
     def model_config(key: str) -> dict[str, Any]:
         config = schedule.models[key]
         params = component_params(registry, "model", config.arch, config.params, f"models.{key}")
-        return {"arch": config.arch, "params": params.model_dump(mode="json")}
+        identity: dict[str, Any] = {"arch": config.arch, "params": params.model_dump(mode="json")}
+        if config.weights is not None:  # only then, so that sweeps started before weights existed still join
+            identity["weights"] = file_identity(config.weights)
+        return identity
 
     def teacher_identity(key: str) -> Any:
         model, epoch = split_snapshot(key)

@@ -96,12 +96,15 @@ class StageCallbacks:
 
     Attributes:
         save_snapshot: Saves the student after an epoch (1-based); returns the file.
+        save_best: Saves the student after an epoch (1-based) that is the best so far by the
+            selecting split (``None``: not kept).
         save_state: Saves the stage's full state after an epoch (``None``: not saved).
         resume_state: A state saved by ``save_state`` to continue from (``None``: start afresh).
         stop_requested: The name of a signal that asked the run to stop, or ``None``.
     """
 
     save_snapshot: Callable[[nn.Module, int], Path]
+    save_best: Callable[[nn.Module, int], None] | None = None
     save_state: Callable[[dict[str, Any]], None] | None = None
     resume_state: dict[str, Any] | None = None
     stop_requested: Callable[[], str | None] = lambda: None
@@ -195,6 +198,8 @@ class Trainer:
             }
             self._fire("kdframe_on_epoch_end", state=self.state)
             outcome.history.append(dict(self.state.metrics))
+            if self.callbacks.save_best is not None and outcome.best_epoch == epoch + 1:
+                self.callbacks.save_best(setup.student, epoch + 1)
             if self.control.save_checkpoint or epoch + 1 in setup.snapshots:
                 self.callbacks.save_snapshot(setup.student, epoch + 1)
                 self.control.save_checkpoint = False

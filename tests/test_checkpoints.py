@@ -407,3 +407,53 @@ def test_every_saved_checkpoint_carries_a_checksum_that_is_verified(tmp_path: Pa
     # Files without a checksum (a plain state_dict, an older kdframe file) still load.
     torch.save(model.state_dict(), tmp_path / "plain.pt")
     assert set(load_state_dict(tmp_path / "plain.pt")) == {"weight", "bias"}
+
+
+def _net(classes: int, hidden: int = 8) -> nn.Module:
+    """A small network of 4x4 inputs (conv 3x3 to 2x2) with a head of `classes` outputs."""
+    return nn.Sequential(nn.Conv2d(1, hidden, 3), nn.BatchNorm2d(hidden), nn.Flatten(), nn.Linear(hidden * 4, classes))
+
+
+def test_load_matching_loads_what_fits_and_reports_a_new_head(tmp_path: Path) -> None:
+    source = _net(1000)
+    path = tmp_path / "pretrained.pth"
+    torch.save(source.state_dict(), path)
+    target = _net(3)
+    fresh_head = target[3].weight.detach().clone()
+    report = checkpoints.load_matching(target, path, label="model 'teacher'")
+    assert torch.equal(target[0].weight, source[0].weight) and torch.equal(target[1].running_mean, source[1].running_mean)
+    assert torch.equal(target[3].weight, fresh_head)  # the head of another shape keeps its initialisation
+    assert report.reinitialised == [("3.weight", (1000, 32), (3, 32)), ("3.bias", (1000,), (3,))]
+    assert "0.weight" in report.loaded and not report.not_in_model and not report.not_in_file
+    summary = report.summary("models.teacher")
+    assert summary.startswith(f"models.teacher starts from '{path}': 7 of 9 weight tensors loaded")
+    assert "3.weight (file 1000x32, model 3x32)" in summary
+
+
+def test_load_matching_strips_a_data_parallel_prefix_and_lists_extra_names(tmp_path: Path) -> None:
+    source = _net(3)
+    state = {f"module.{name}": tensor for name, tensor in source.state_dict().items()}
+    state["module.aux.weight"] = torch.zeros(2)
+    path = tmp_path / "parallel.pth"
+    torch.save(state, path)
+    target = _net(3)
+    report = checkpoints.load_matching(target, path, label="model 'm'")
+    assert report.stripped_prefix == "module." and report.not_in_model == ["aux.weight"]
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), source.state_dict().values()))
+
+
+def test_load_matching_refuses_a_file_of_another_network_and_hostile_files(tmp_path: Path) -> None:
+    path = tmp_path / "other.pth"
+    torch.save(nn.Linear(7, 5).state_dict(), path)
+    with pytest.raises(CheckpointError, match="has nothing that fits model 'm'"):
+        checkpoints.load_matching(_net(3), path, label="model 'm'")
+    marker = tmp_path / "pwned"
+    for name, content in malicious_files(tmp_path, marker).items():
+        hostile = tmp_path / f"{name}.pth"
+        hostile.write_bytes(content)
+        with pytest.raises(CheckpointError) as error:
+            checkpoints.load_matching(_net(3), hostile, label="model 'm'")
+        assert str(error.value).startswith(f"Weights file '{hostile}'") and "'weights'" in str(error.value)
+        assert not marker.exists(), f"{name}: the pickle's code ran"
+    with pytest.raises(CheckpointError, match="does not exist.*remove 'weights'"):
+        checkpoints.load_matching(_net(3), tmp_path / "missing.pth", label="model 'm'")

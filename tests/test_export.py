@@ -298,3 +298,11 @@ def test_export_help_names_the_formats_and_what_is_verified(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     for phrase in ("onnx (default), pt2, torchscript", "--int8", "ONNX Runtime", "nothing is written", "docs/deployment.md"):
         assert phrase in text
+
+
+def test_best_exports_the_best_epoch_s_weights_under_their_own_name(trained: Path, tmp_path: Path) -> None:
+    assert main(["export", str(trained), "--best", "--format", "torchscript", "--out", str(tmp_path / "best")]) == 0
+    assert sorted(path.name for path in (tmp_path / "best").iterdir()) == ["student-best.torchscript.json", "student-best.torchscript.pt"]
+    report = json.loads((tmp_path / "best" / "student-best.torchscript.json").read_text())
+    best = load_stage_model(trained, best=True).row
+    assert report["artefacts"][0]["eager_test_acc"] == pytest.approx(best["best_test_acc"], abs=1e-3)

@@ -64,4 +64,5 @@ def test_the_checker_sees_a_private_import() -> None:
 
 def test_the_plugin_guide_lists_every_public_name() -> None:
     guide = (ROOT / "docs" / "plugins.md").read_text()
-    assert [name for name in kdframe.__all__ if name != "__version__" and f"`{name}`" not in guide] == []
+    user_api = set(kdframe._EXPORTS[name] == "kdframe.api" and name for name in kdframe.__all__ if name != "__version__")
+    assert [name for name in kdframe.__all__ if name != "__version__" and name not in user_api and f"`{name}`" not in guide] == []

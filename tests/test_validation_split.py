@@ -138,3 +138,21 @@ def test_a_shipped_split_can_be_subset_but_not_given_a_fraction(tmp_path: Path) 
     assert (data.train_count, data.val_count) == (88, 10)
     with pytest.raises(DataError, match="ships its own validation split \\(40 samples\\)"):
         data_of(tmp_path, direct(**{"data.dataset": "shipped_val", "data.params": params, "data.validation_fraction": 0.1}), plugin)
+
+
+def test_the_best_epoch_s_weights_are_kept_beside_the_last_and_load_by_name(tmp_path: Path) -> None:
+    from kdframe.evaluation import evaluate
+    from kdframe.saved_models import load_stage_model
+
+    folder, row = run_shipped(tmp_path, "run")
+    assert row["checkpoint"] == "stages/00-student/student.pt"
+    assert row["best_checkpoint"] == "stages/00-student/best.pt"
+    plugins = make_plugins(("shipped", ShippedValidation()))
+    best = load_stage_model(folder, best=True, plugins=plugins)
+    last = load_stage_model(folder, plugins=plugins)
+    assert best.checkpoint.name == "best.pt" and last.checkpoint.name == "student.pt"
+    data = best.data
+    best_acc, _ = evaluate(best.model, data.test_images, data.test_labels, 64, False)
+    last_acc, _ = evaluate(last.model, data.test_images, data.test_labels, 64, False)
+    assert best_acc == pytest.approx(row["best_test_acc"], abs=1e-3)
+    assert last_acc == pytest.approx(row["final_test_acc"], abs=1e-3)

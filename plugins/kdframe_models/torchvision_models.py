@@ -281,4 +281,5 @@ SPEC = ModelSpec(
     factory=build,
     params=TorchvisionParams,
     family="torchvision",
+    label=lambda params: f"torchvision {params.name}",
 )

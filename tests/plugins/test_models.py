@@ -352,3 +352,36 @@ def test_schedule_errors_carry_the_param_path() -> None:
         component_params(
             registry, "model", "torchvision", {"name": "vgg11", "weights": "V2"}, "models.big"
         )
+
+
+def test_torchvision_results_tables_show_the_model_s_name() -> None:
+    from kdframe.results import format_table
+    from kdframe.runner import model_label
+    from kdframe.testing import make_plugins
+
+    registry = make_plugins().registry
+    assert model_label(registry, "torchvision", {"name": "resnet18"}) == "torchvision resnet18"
+    assert model_label(registry, "plain_cnn", {"depth": 2}) == ""  # one model: its architecture's name
+    row = {
+        "stage": "teacher", "arch": "torchvision", "arch_label": "torchvision resnet18", "teachers": [], "epochs": 1,
+        "epochs_run": 1, "final_test_acc": 50.0, "best_test_acc": 50.0, "best_epoch": 1, "params": 11_000_000, "wall_time_s": 3.0,
+    }
+    assert "torchvision resnet18" in format_table([row])
+    assert "torchvision resnet18" not in format_table([{**row, "arch_label": ""}])
+
+
+def test_torchvision_starts_from_a_local_imagenet_weights_file_with_a_new_head(tmp_path: Path) -> None:
+    """The issue's case: a 1000-class resnet18 .pth as the start of a 3-class, 1-channel model."""
+    import torchvision
+
+    from kdframe.checkpoints import load_matching
+
+    source = torchvision.models.resnet18(num_classes=1000)
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(source.state_dict(), path)
+    model = build(torchvision_models.SPEC, DataInfo("three", 3, 1, (32, 32)), name="resnet18")
+    report = load_matching(model, path, label="model 'teacher'")
+    reinitialised = {name: (a, b) for name, a, b in report.reinitialised}
+    assert reinitialised == {"fc.weight": ((1000, 512), (3, 512)), "fc.bias": ((1000,), (3,)), "conv1.weight": ((64, 3, 7, 7), (64, 1, 7, 7))}
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
