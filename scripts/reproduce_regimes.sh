@@ -19,6 +19,7 @@ step() {
 step regime-1k sweep examples/regimes/regime_1k.json --out "$OUT/regime-1k" --quiet
 step regime-5k sweep examples/regimes/regime_5k.json --out "$OUT/regime-5k" --quiet
 step regime-20k sweep examples/regimes/regime_20k.json --out "$OUT/regime-20k" --quiet
+step teacher20k-student5k sweep examples/regimes/teacher_20k_student_5k.json --out "$OUT/teacher20k-student5k" --quiet  # loads runs/regimes/regime-20k's teacher
 step es-teacher run examples/regimes/early_stopped_teacher_5k.json --out "$OUT/es-teacher" --quiet
 step early-stopped sweep examples/regimes/early_stopped_5k.json --out "$OUT/early-stopped" --quiet
 step ta-search tune examples/ta_search_fashion_mnist.tune.json --out "$OUT/ta-search" --quiet
