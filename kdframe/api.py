@@ -28,7 +28,7 @@ from kdframe.errors import ScheduleError
 from kdframe.hookspecs import hookimpl
 from kdframe.plugins import Plugins, register_in_process, unregister_in_process
 from kdframe.results import format_table
-from kdframe.runner import RESULTS_FILE, prepare, read_results, run_raw, stage_result_from_row, validate_raw
+from kdframe.runner import RESULTS_FILE, prepare, run_raw, stage_result_from_row, validate_raw
 from kdframe.saved_models import finished_stages, load_stage_model
 from kdframe.schedule import Schedule, load_json
 from kdframe.state import StageResult
@@ -178,8 +178,7 @@ def load_model(folder: str | Path, stage: str | None = None, *, best: bool = Fal
 def load_run(folder: str | Path) -> RunResult:
     """The results of a run folder (finished or not), as :func:`run` returns them."""
     path = Path(folder)
-    finished_stages(path)  # a clear error for a folder that is not a run's
-    rows = [row for row in read_results(path).get("stages", []) if isinstance(row, dict)]
+    rows = finished_stages(path)  # a clear error for a folder that is not a run's
     return RunResult(path, [stage_result_from_row(row, str(path / RESULTS_FILE)) for row in rows])
 
 
