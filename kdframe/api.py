@@ -81,6 +81,25 @@ class RunResult:
         """The stage table ``kdframe run`` prints."""
         return format_table([stage.to_dict() for stage in self.stages])
 
+    def history(self, stage: str | None = None) -> list[dict[str, float]]:
+        """A stage's metrics by epoch (default: the final student's), as its ``history.csv`` holds
+        them: one dict per epoch with ``epoch`` (from 1), ``train/loss``, ``train/acc``,
+        ``test/acc``, ``val/acc`` (with a validation split), ``lr``, ...; ``[]`` for a stage without
+        epochs (an evaluate stage)."""
+        from kdframe.history import read_history
+        from kdframe.run_report import stage_folder
+
+        if stage is None:
+            chosen = self.final
+        else:
+            named = [result for result in self.stages if result.stage == stage]
+            if not named:
+                names = ", ".join(result.stage for result in self.stages) or "none"
+                raise ScheduleError(f"The run in '{self.folder}' has no stage '{stage}'. Its stages: {names}.")
+            chosen = named[-1]
+        where = stage_folder(self.folder, chosen.to_dict())
+        return read_history(where) if where is not None else []
+
     def __str__(self) -> str:
         return f"Run folder: {self.folder}\n{self.table()}"
 

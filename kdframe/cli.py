@@ -132,6 +132,16 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/<sweep name>-<timestamp>); must not hold files")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines; only the plan, one line per run and the final table")
     sweep.add_argument("--seeds", metavar="LIST", help="comma-separated seeds that replace the sweep file's, e.g. --seeds 0,1")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change every run's schedule, after its variant's overrides (so it wins), e.g. --set "
+        "training.epochs=1 --set data.train_samples=2000 for a quick try; repeatable. Not seed "
+        "(use --seeds), name or plugins. To only check a sweep file, use 'kdframe validate SWEEP.json'",
+    )
 
     tune = commands.add_parser(
         "tune",
@@ -155,13 +165,17 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        help="rebuild a sweep's report, or print a run's stage, compression and export tables",
+        help="rebuild a sweep's report, show a run's tables and training curves, or compare runs",
         description="DIR is a sweep folder (written by 'kdframe sweep'): rebuild results.csv, results.md "
         "and results.png from its run folders and print the Markdown table, listing the runs that are "
         "missing. Or DIR is a run folder (written by 'kdframe run'): print its stage table, its compression "
-        "report (each model's size and speed against the teacher) and what 'kdframe export' wrote.",
+        "report (each model's size and speed against the teacher) and what 'kdframe export' wrote, and draw "
+        "its stages' accuracy and training loss by epoch into DIR/curves.png (or --plot FILE). Several run "
+        "folders are compared by their final students: one table row per run, and their curves together "
+        "in --plot FILE. A tune folder: rebuild the study's report. See docs/experiments.md.",
     )
-    report.add_argument("folder", metavar="DIR", help="a sweep folder or a run folder")
+    report.add_argument("folder", metavar="DIR", nargs="+", help="a sweep, tune or run folder, or several run folders to compare")
+    report.add_argument("--plot", metavar="FILE.png", help="where to draw the curves (one run: default DIR/curves.png; several runs: only with --plot)")
 
     export = commands.add_parser(
         "export",
@@ -259,12 +273,16 @@ def _file_kind(path: str) -> str | None:
 
 def _validate_other(args: argparse.Namespace, kind: str) -> int:
     """``kdframe validate`` of a sweep file (every run's schedule, and the plan) or a tune file."""
-    if args.overrides or args.print_resolved:
-        raise KdframeError(f"'{args.schedule}' is a {kind} file: --set and --print apply to schedules only.")
+    if args.print_resolved or (args.overrides and kind != "sweep"):
+        flags = "--print" if args.print_resolved else "--set"
+        raise KdframeError(
+            f"'{args.schedule}' is a {kind} file: {flags} applies to schedules"
+            + (" (and --set to sweep files)." if flags == "--print" else " and sweep files only.")
+        )
     if kind == "sweep":
         from kdframe.sweep import describe_plan, load_sweep
 
-        plan = load_sweep(args.schedule)
+        plan = load_sweep(args.schedule, overrides=args.overrides, log=print)
         print(f"Sweep file '{args.schedule}' is valid; nothing was created or trained.")
         for line in describe_plan(plan):
             print(line)
@@ -410,8 +428,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             "work on the sweep in DIR, not both and not neither."
         )
     if args.join is not None:
-        if args.out is not None or args.seeds is not None:
-            raise SweepError("--out and --seeds belong to a new sweep; --join continues the sweep in DIR as it was planned.")
+        if args.out is not None or args.seeds is not None or args.overrides:
+            raise SweepError("--out, --seeds and --set belong to a new sweep; --join continues the sweep in DIR as it was planned.")
         if args.plan_only:
             raise SweepError("--plan-only goes with a sweep file: the sweep in DIR is planned already.")
         folder, report = join_sweep(args.join, jobs=args.jobs, threads=args.threads, quiet=args.quiet, retry_failed=args.retry_failed)
@@ -420,7 +438,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             raise SweepError("--retry-failed goes with --join DIR (a new sweep has no failed runs).")
         seeds = parse_seeds(args.seeds) if args.seeds is not None else None
         folder, planned = run_sweep(
-            args.sweep, out=args.out, quiet=args.quiet, seeds=seeds, jobs=args.jobs, threads=args.threads, plan_only=args.plan_only
+            args.sweep,
+            out=args.out,
+            quiet=args.quiet,
+            seeds=seeds,
+            overrides=args.overrides,
+            jobs=args.jobs,
+            threads=args.threads,
+            plan_only=args.plan_only,
         )
         if planned is None:
             print(f"Planned; nothing ran. Start workers on each machine with: kdframe sweep --join {folder} [--jobs N]")
@@ -498,14 +523,28 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from kdframe.report import report_text
+    from kdframe.report import SWEEP_FILE, is_run_folder, report_text
     from kdframe.tune import TUNE_FILE, write_report
 
-    if (Path(args.folder) / TUNE_FILE).is_file():
-        print(printable(write_report(args.folder), keep_newlines=True))
-        return 0
+    if len(args.folder) > 1:
+        from kdframe.run_report import compare_text
 
-    print(printable(report_text(args.folder), keep_newlines=True))  # names read from files
+        for folder in map(Path, args.folder):
+            if (folder / TUNE_FILE).is_file() or (folder / SWEEP_FILE).is_file() or not is_run_folder(folder):
+                raise SweepError(
+                    f"'{folder}' is not a run folder: several folders are compared only when each is a run "
+                    "folder that 'kdframe run' wrote. Report a sweep or a tune folder on its own ('kdframe "
+                    "report DIR'); its report compares its runs."
+                )
+        print(printable(compare_text(args.folder, args.plot), keep_newlines=True))
+        return 0
+    (folder,) = args.folder
+    if (Path(folder) / TUNE_FILE).is_file():
+        if args.plot is not None:
+            raise SweepError("--plot is for run folders; a tune folder's report draws tune.png itself.")
+        print(printable(write_report(folder), keep_newlines=True))
+        return 0
+    print(printable(report_text(folder, args.plot), keep_newlines=True))  # names read from files
     return 0
 
 

@@ -84,6 +84,12 @@ class DistEnv:
             return tensors
         return tuple(tensor.tensor_split(self.world_size)[self.rank] for tensor in tensors)
 
+    def shard_size(self, count: int) -> int:
+        """How many of a split's ``count`` samples :meth:`shard_split` gives this rank."""
+        if not self.active:
+            return count
+        return count // self.world_size + (1 if self.rank < count % self.world_size else 0)
+
     def sum(self, tensor: Tensor) -> Tensor:
         """The element-wise sum of ``tensor`` over all ranks (same device and dtype as given)."""
         if not self.active:

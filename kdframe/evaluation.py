@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -20,20 +20,29 @@ def evaluate_sums(
 
 @torch.no_grad()
 def evaluate_batches(
-    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], channels_last: bool, precision_name: str = "fp32"
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor, Tensor]],
+    channels_last: bool,
+    precision_name: str = "fp32",
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[int, float]:
     """Number of correct predictions and summed cross-entropy of ``model`` over ``(images, labels,
-    indices)`` batches (e.g. :func:`kdframe.data.eval_batches`)."""
+    indices)`` batches (e.g. :func:`kdframe.data.eval_batches`); ``on_batch`` gets the number of
+    images evaluated so far after every batch."""
     was_training = model.training
     model.eval()
     correct = 0
     loss_sum = 0.0
+    done = 0
     for batch_images, batch_labels, _ in batches:
         with precision.autocast(precision_name, batch_images.device):  # type: ignore[arg-type]
             logits = model(precision.layout(batch_images, channels_last))
         logits = precision.to_float32(logits)
         loss_sum += float(nn.functional.cross_entropy(logits, batch_labels, reduction="sum"))
         correct += int((logits.argmax(dim=1) == batch_labels).sum())
+        done += int(batch_labels.shape[0])
+        if on_batch is not None:
+            on_batch(done)
     model.train(was_training)
     return correct, loss_sum
 

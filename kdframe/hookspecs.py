@@ -9,8 +9,10 @@ Two groups of hooks:
 
       kdframe_on_run_start
         kdframe_on_stage_start                 (once per stage)
+          kdframe_on_progress                  (while a teacher's outputs are cached, before the first epoch)
           kdframe_on_epoch_start               (once per epoch)
             kdframe_on_batch_start / kdframe_on_batch_end   (once per training batch)
+            kdframe_on_progress                (while the epoch's evaluation runs)
           kdframe_on_eval_end                  (after the epoch's evaluation on the test split)
           kdframe_on_epoch_end
         kdframe_on_stage_end
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
 #: Version of the plugin API (these hooks and the :mod:`kdframe.state` objects), ``"major.minor"``.
 #: The major number changes when a hook is removed or renamed, or an argument or a state field is
 #: removed or changes meaning; the minor number changes when a hook, argument or field is added.
-PLUGIN_API_VERSION = "2.1"
+PLUGIN_API_VERSION = "2.2"
 
 PROJECT_NAME = "kdframe"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -270,6 +272,26 @@ def kdframe_on_eval_end(run: RunInfo, stage: StageInfo, state: TrainState, contr
             includes this evaluation.
         control: Setting ``save_checkpoint`` saves a snapshot of this epoch; setting ``stop_stage``
             or ``stop_run`` ends the stage after this epoch.
+    """
+
+
+@hookspec
+def kdframe_on_progress(run: RunInfo, stage: StageInfo, task: str, done: int, total: int) -> None:
+    """A long step that is not a training batch is under way (for progress displays).
+
+    Called for the two such steps of a stage: computing a teacher's outputs over the training split
+    for the teacher-output cache (``task`` ``"teacher cache: <teacher>"``, after
+    ``kdframe_on_stage_start`` and before the first epoch; not called when the outputs are loaded
+    from the cache), and evaluating the student on a split (``task`` ``"evaluate test"`` or
+    ``"evaluate val"``, before ``kdframe_on_eval_end``). Called with ``done`` 0 when the step starts,
+    after every batch of it, and with ``done == total`` when it has finished.
+
+    Args:
+        run: The run.
+        stage: The stage the step belongs to.
+        task: What is being done, as text for a display.
+        done: Images processed so far (by this process, under torchrun).
+        total: Images the step processes.
     """
 
 

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kdframe.errors import SweepError
-from kdframe.export import format_exports
-from kdframe.results import RESULTS_FILE, format_compression, format_table
+from kdframe.results import RESULTS_FILE
 from kdframe.stats import CONFIDENCE, Comparison, Summary, compare, format_p, summarize
 
 SWEEP_FILE = "sweep.json"
@@ -638,36 +637,24 @@ def _not_a_report_folder(folder: Path) -> str:
     )
 
 
-def report_text(folder: str | Path) -> str:
-    """What ``kdframe report DIR`` prints: a sweep's rebuilt report, or a run's stage table."""
+def report_text(folder: str | Path, plot: str | Path | None = None) -> str:
+    """What ``kdframe report DIR`` prints: a sweep's rebuilt report, or a run's tables (and its
+    curves drawn into ``plot``, default ``DIR/curves.png``; see :mod:`kdframe.run_report`)."""
     folder = Path(folder)
     if not folder.exists():
         raise SweepError(f"'{folder}' does not exist. Give the folder that 'kdframe sweep' or 'kdframe run' wrote.")
     if not folder.is_dir():
         raise SweepError(f"'{folder}' is a file, not a folder. {_not_a_report_folder(folder)}")
     if (folder / SWEEP_FILE).is_file() or (not is_run_folder(folder) and is_sweep_folder(folder)):
+        if plot is not None:
+            raise SweepError(f"--plot is for run folders; the report of the sweep in '{folder}' draws {RESULTS_PNG} there.")
         report = write_report(folder)
         written = ", ".join(str(folder / name) for name in (RESULTS_MD, RESULTS_CSV, COMPARISONS_CSV, RESULTS_PNG))
         return f"{markdown(report)}\nWritten: {written}"
     if is_run_folder(folder):
-        if not (folder / RESULTS_FILE).is_file():
-            raise SweepError(f"Run folder '{folder}' has no {RESULTS_FILE} yet: no stage has finished.")
-        results = _read_json(folder / RESULTS_FILE, "results file")
-        if not isinstance(results, dict) or not isinstance(results.get("stages"), list):
-            raise SweepError(f"'{folder / RESULTS_FILE}' is not a results.json written by kdframe.")
-        try:
-            table = format_table(results["stages"])
-            compression = format_compression(results["stages"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise SweepError(f"'{folder / RESULTS_FILE}' has a malformed stage row ({error}).") from None
-        status = "finished" if results.get("finished") else "not finished (a stage is running, or the run stopped)"
-        text = f"Run '{results.get('name', folder.name)}' in {folder}: {status}\n\n{table}"
-        if compression:
-            text += f"\n\n{compression}"
-        exports = format_exports(folder)
-        if exports:
-            text += f"\n\n{exports}"
-        return text
+        from kdframe.run_report import run_text
+
+        return run_text(folder, plot)
     raise SweepError(_not_a_report_folder(folder))
 
 

@@ -93,14 +93,15 @@ def format_compression(rows: list[dict[str, Any]]) -> str:
     return title + "\n" + format_grid(lines)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]], *, first_column: str = "stage") -> str:
     """A plain-text table of stage results (rows as in ``results.json``). With a validation split,
-    the best epoch is the validation split's and the test accuracy is shown at it."""
+    the best epoch is the validation split's and the test accuracy is shown at it. The first column
+    (headed ``first_column``) shows each row's ``stage``."""
     validated = any(row.get("best_val_acc") is not None for row in rows)
     if validated:
-        header = ["stage", "arch", "teachers", "epochs", "final test %", "best val % (epoch)", "test % at best", "params", "time"]
+        header = [first_column, "arch", "teachers", "epochs", "final test %", "best val % (epoch)", "test % at best", "params", "time"]
     else:
-        header = ["stage", "arch", "teachers", "epochs", "final acc %", "best acc % (epoch)", "params", "time"]
+        header = [first_column, "arch", "teachers", "epochs", "final acc %", "best acc % (epoch)", "params", "time"]
     lines = [header]
     for row in rows:
         flag = "  collapsed" if row.get("collapsed") else ""

@@ -22,7 +22,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
-from kdframe import checkpoints, distributed, dry_step, folders, snapshots, teacher_cache
+from kdframe import checkpoints, distributed, dry_step, folders, history, snapshots, teacher_cache
 from kdframe.compression import count_parameters
 from kdframe.compression_report import RunCompression
 from kdframe.curriculum import StagePlan, make_curriculum, plan_stages
@@ -387,17 +387,25 @@ def evaluate_stage(experiment: Experiment, plan: StagePlan) -> StageSetup:
 def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any, registry: Registry) -> dict[str, Any]:
     """Flat hyper-parameters of a stage for loggers."""
     optimizer = component_params(registry, "optimizer", training.optimizer.name, training.optimizer.params, "training.optimizer")
+    model = schedule.models[plan.student]
+    model_params = component_params(registry, "model", model.arch, model.params, f"models.{plan.student}")
     hparams: dict[str, Any] = {
         "student": plan.student,
-        "arch": schedule.models[plan.student].arch,
+        "arch": model.arch,
         "teachers": ",".join(plan.teachers) or "-",
         "epochs": training.epochs,
         "optimizer": training.optimizer.name,
         "lr": getattr(optimizer, "lr", None),
+        "weight_decay": getattr(optimizer, "weight_decay", None),
         "batch_size": schedule.data.batch_size,
+        "train_samples": "all" if schedule.data.train_samples is None else schedule.data.train_samples,
+        "precision": training.precision,
         "seed": schedule.seed,
         "dataset": schedule.data.dataset,
     }
+    for key, value in model_params.model_dump(mode="json").items():
+        if isinstance(value, (str, int, float, bool)):
+            hparams[f"model/{key}"] = value
     for label, loss in zip(_term_labels([loss.name for loss in plan.losses]), plan.losses):
         hparams[f"loss/{label}/weight"] = loss.weight if isinstance(loss.weight, float) else describe_value(loss.weight)
         for key, value in loss.params.items():
@@ -608,6 +616,8 @@ def run_stage(
     checkpoint = stage_folder / "student.pt"
     if save is not None:
         save(checkpoint, setup.student)
+    if distributed.is_main():
+        history.write_history(stage_folder, outcome.history)
     result = StageResult(
         stage=setup.info.name,
         model=key,

@@ -8,6 +8,8 @@ the first teacher, whose layers the cache keeps too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -41,9 +43,13 @@ class StageTeachers:
         for teacher in self.setup.teachers:
             freeze_teacher(teacher)
 
-    def prepare_cache(self, data: AnyDataset, eval_batch_size: int) -> None:
+    def prepare_cache(
+        self, data: AnyDataset, eval_batch_size: int, progress: Callable[[str, int], Callable[[int], None]] | None = None
+    ) -> None:
         """Compute (or load) every teacher's outputs over the training split when the cache is valid
-        and wanted; otherwise the teachers run every batch."""
+        and wanted; otherwise the teachers run every batch. ``progress(teacher, total)`` gives the
+        callback that hears how many images of a teacher's outputs are computed (not called for
+        outputs loaded from the cache)."""
         setup, config = self.setup, self.setup.training
         self.cached = None
         mode = config.teacher_cache
@@ -71,6 +77,7 @@ class StageTeachers:
                 precision_name=config.precision,
                 device=self.device,
                 label=f"teacher '{setup.info.teachers[index]}'",
+                progress=None if progress is None else progress(setup.info.teachers[index], int(data.train_images.shape[0])),
             )
             if entry is None:
                 return

@@ -51,6 +51,7 @@ from kdframe.schedule import (
     MAX_SEED,
     NAME_PATTERN,
     Schedule,
+    apply_overrides,
     component_params,
     format_validation_error,
     load_json,
@@ -190,6 +191,41 @@ def merge_variant(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+#: Schedule keys ``kdframe sweep --set`` may not change, and why.
+RESERVED_OVERRIDES = {
+    "seed": "the sweep sets each run's seed; give the seeds with --seeds 0,1,2",
+    "name": "the sweep names each run <sweep name>-<variant>",
+    "plugins": "the plugins are chosen once for the whole sweep; change the base schedule's plugins section",
+}
+
+
+def override_key(assignment: str) -> str:
+    """The dotted key of a ``KEY=VALUE`` assignment."""
+    return assignment.partition("=")[0].strip()
+
+
+def check_sweep_overrides(assignments: list[str]) -> list[str]:
+    """``assignments`` when none of them changes a key the sweep owns (:data:`RESERVED_OVERRIDES`)."""
+    for assignment in assignments:
+        top = override_key(assignment).split(".")[0]
+        if top in RESERVED_OVERRIDES:
+            raise SweepError(f"--set {printable(override_key(assignment), limit=80)}: {RESERVED_OVERRIDES[top]}.")
+    return list(assignments)
+
+
+def sets_key(overrides: dict[str, Any], dotted: str) -> bool:
+    """Whether a variant's overrides give ``dotted`` themselves, or a whole value (a list, say) that
+    holds it."""
+    node: Any = overrides
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return True
+        if part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _read_sweep_file(path: Path) -> dict[str, Any]:
@@ -393,6 +429,8 @@ class SweepPlan:
     runs: list[RunPlan]
     plugins: Plugins
     threads: int | None = None
+    #: ``--set`` assignments applied to every run's schedule (already in each run's ``schedule``).
+    overrides: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         trained = sum(len(run.trains) for run in self.runs)
@@ -405,6 +443,7 @@ class SweepPlan:
             "base_file": self.base_file,
             "base": self.base,
             "variants": self.config.variants,
+            "overrides": self.overrides,
             "seeds": self.seeds,
             "order": "seed-major",
             "report_model": self.config.report_model,
@@ -447,11 +486,14 @@ def load_sweep(
     path: str | Path,
     *,
     seeds: list[int] | None = None,
+    overrides: list[str] | None = None,
     plugins: Plugins | None = None,
     log: Log | None = None,
 ) -> SweepPlan:
     """Read and validate a sweep file and every (variant, seed) schedule, then plan the sharing.
 
+    ``overrides`` are ``--set KEY=VALUE`` assignments applied to every run's schedule after its
+    variant's own overrides (so they win, as ``--set`` wins over the file in ``kdframe run``).
     Nothing is trained and nothing is written. Raises :class:`SweepError` (or another
     :class:`KdframeError`) naming the variant and the path of every problem.
     """
@@ -503,8 +545,17 @@ def load_sweep(
             message = f"{_source(file, variant)}: {message}"
         problems.append(message)
 
-    for variant, overrides in config.variants.items():
-        raw = merge_variant(base, overrides)
+    assignments = check_sweep_overrides(overrides or [])
+    for variant, variant_overrides in config.variants.items():
+        raw = merge_variant(base, variant_overrides)
+        if assignments:
+            try:
+                raw = apply_overrides(raw, assignments)
+            except ScheduleError as error:
+                raise SweepError(f"Sweep file '{file}': {error}") from None
+            replaced = [key for key in map(override_key, assignments) if sets_key(variant_overrides, key)]
+            if replaced and log:
+                log(f"Note: --set {', '.join(replaced)} replaces what variant '{variant}' sets itself.")
         raw["name"] = f"{config.name}-{variant}"
         raw["seed"] = config.seeds[0]
         raws[variant] = raw
@@ -602,7 +653,7 @@ def load_sweep(
         for variant in config.variants:
             raw = {**raws[variant], "seed": seed}
             runs.append(_plan_run(file, config, variant, seed, raw, report[variant], cache, seed_free, plugins, unused[variant]))
-    return SweepPlan(file, config, base, base_file, list(config.seeds), runs, plugins)
+    return SweepPlan(file, config, base, base_file, list(config.seeds), runs, plugins, overrides=assignments)
 
 
 def _reuse_raw(raw: dict[str, Any], checkpoints: dict[str, str], dropped: list[str]) -> dict[str, Any]:
@@ -715,6 +766,7 @@ def run_sweep(
     out: str | Path | None = None,
     quiet: bool = False,
     seeds: list[int] | None = None,
+    overrides: list[str] | None = None,
     plugins: Plugins | None = None,
     log: Log | None = print,
     jobs: int = 1,
@@ -729,7 +781,8 @@ def run_sweep(
     the cores divided by ``jobs``), recorded in ``sweep.json`` for the workers that join later.
     PyTorch's CPU kernels round differently with different thread counts, so runs are bit-identical
     whatever the number of workers for the same ``threads``. With ``plan_only`` nothing runs (the
-    report is ``None``): workers started with :func:`join_sweep` run it.
+    report is ``None``): workers started with :func:`join_sweep` run it. ``overrides`` (``--set``)
+    change every run's schedule, see :func:`load_sweep`.
     Returns the sweep folder and its report. ``log`` receives the plan and one line per run.
     """
     from kdframe.sweep_workers import default_threads, run_local_workers, work
@@ -737,7 +790,7 @@ def run_sweep(
     say = log or (lambda line: None)
     if out is not None:
         folders.check_unused(Path(out), "sweep")  # fail before the (possibly long) validation
-    plan = load_sweep(path, seeds=seeds, plugins=plugins, log=say)
+    plan = load_sweep(path, seeds=seeds, overrides=overrides, plugins=plugins, log=say)
     plugins = plan.plugins
     folder = folders.claim(Path(out) if out is not None else folders.default_folder(plan.config.name), "sweep")
     for line in describe_plan(plan):

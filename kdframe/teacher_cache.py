@@ -40,7 +40,7 @@ import shutil
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -252,11 +252,13 @@ class TeacherCache:
         precision_name: precision.Precision,
         device: torch.device,
         label: str,
+        progress: Callable[[int], None] | None = None,
     ) -> CachedOutputs | None:
         """``teacher``'s outputs on ``images`` from the store, the disk, or computed now.
 
         Returns ``None`` when the teacher's outputs turn out to be random (``"auto"``; an explicit
-        mode raises :class:`TrainingError`). ``label`` names the teacher in messages.
+        mode raises :class:`TrainingError`). ``label`` names the teacher in messages. ``progress``
+        hears the number of images computed so far (0 first) when the outputs are computed.
         """
         paths = list(tap.paths) if tap else []
         key = self.key(teacher, images, paths, precision_name)
@@ -266,7 +268,7 @@ class TeacherCache:
         env = distributed.current()
         folder = (self.directory or cache_root()) / key
         count = int(images.shape[0])
-        runs = _Runner(key, teacher, tap, images, batch_size, channels_last, precision_name, device)
+        runs = _Runner(key, teacher, tap, images, batch_size, channels_last, precision_name, device, progress)
         entry = self._load_or_discard(folder, key, count, paths, label, discard=env.is_main)
         if env.active and distributed.broadcast_object(entry is not None) != (entry is not None):
             # Rank 0 decides whether the disk entry exists (it may be writing it right now).
@@ -274,6 +276,8 @@ class TeacherCache:
         if entry is None:
             # Every rank runs the first chunk (the randomness check and the size); rank 0 alone
             # writes a disk entry, which the others then map.
+            if progress is not None:
+                progress(0)
             first = runs.run(0)
             if not runs.deterministic(first):
                 message = (
@@ -353,10 +357,12 @@ class _Runner:
         channels_last: bool,
         precision_name: precision.Precision,
         device: torch.device,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         self.key, self.teacher, self.tap, self.images = key, teacher, tap, images
         self.batch_size, self.channels_last = batch_size, channels_last
         self.precision_name, self.device = precision_name, device
+        self.progress = progress
         self.count = int(images.shape[0])
 
     @torch.no_grad()
@@ -384,11 +390,18 @@ class _Runner:
         return per_sample * self.count
 
     def chunks(self, first: tuple[Tensor, dict[str, Tensor]]) -> Iterator[tuple[int, Tensor, dict[str, Tensor]]]:
-        """``(start, logits, features)`` of every chunk, the first one given."""
+        """``(start, logits, features)`` of every chunk, the first one given; each chunk counted to
+        ``progress`` once it is used."""
         yield 0, first[0], first[1]
+        self._report(first[0].shape[0])
         for start in range(self.batch_size, self.count, self.batch_size):
             logits, features = self.run(start)
             yield start, logits, features
+            self._report(start + logits.shape[0])
+
+    def _report(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(int(done))
 
     def fill_memory(self, first: tuple[Tensor, dict[str, Tensor]]) -> CachedOutputs:
         """All outputs as tensors on the images' device."""

@@ -215,6 +215,10 @@ class HookRecorder:
         self._record("batch_end", stage=stage.name, epoch=state.epoch, batch=state.batch, metrics=dict(state.metrics))
 
     @hookimpl
+    def kdframe_on_progress(self, run, stage, task, done, total) -> None:
+        self._record("progress", stage=stage.name, task=task, done=done, total=total)
+
+    @hookimpl
     def kdframe_on_eval_end(self, run, stage, state, control) -> None:
         self._record("eval_end", stage=stage.name, epoch=state.epoch, metrics=dict(state.metrics))
 
@@ -234,9 +238,14 @@ class HookRecorder:
     def kdframe_on_exception(self, run, stage, error) -> None:
         self._record("exception", stage=stage.name if stage else None, error=type(error).__name__)
 
-    def events(self, *, batches: bool = True) -> list[str]:
-        """The event names in order, optionally without the batch events."""
-        return [name for name, _ in self.calls if batches or not name.startswith("batch")]
+    def events(self, *, batches: bool = True, progress: bool = False) -> list[str]:
+        """The event names in order, optionally without the batch events; the ``progress`` events
+        only when asked for (see :meth:`details` for their tasks and counts)."""
+        return [
+            name
+            for name, _ in self.calls
+            if (batches or not name.startswith("batch")) and (progress or name != "progress")
+        ]
 
     def details(self, event: str) -> list[dict[str, Any]]:
         """The details of every call of one event, in order."""

@@ -131,6 +131,14 @@ class Trainer:
     def _fire(self, name: str, **kwargs: Any) -> None:
         getattr(self.hook, name)(run=self.run, stage=self.setup.info, control=self.control, **kwargs)
 
+    def _progress(self, task: str, total: int) -> Callable[[int], None]:
+        """A callback that reports ``task``'s images done to ``kdframe_on_progress``."""
+
+        def report(done: int) -> None:
+            self.hook.kdframe_on_progress(run=self.run, stage=self.setup.info, task=task, done=done, total=total)
+
+        return report
+
     def train(self) -> StageOutcome:
         """Run the stage to the end (or until a hook stops it) and report the outcome; with
         ``training.quantization_aware`` the student trains fake-quantized (:mod:`kdframe.fake_quant`)."""
@@ -153,7 +161,6 @@ class Trainer:
         assert setup.optimizer is not None  # every stage that trains has one
         optimizer = setup.optimizer.make(named)
         self.step.prepare(parameters)
-        self.teachers.prepare_cache(self.data, self.settings.eval_batch_size)
         batch_size = self.settings.batch_size
         steps_per_epoch = batches_per_epoch(self.data.train_count, batch_size, self.data.train_count > batch_size)
         stage_optimizer = setup.optimizer
@@ -171,6 +178,9 @@ class Trainer:
         if self.control.stop_stage or self.control.stop_run:
             outcome.stop_run = self.control.stop_run
             return outcome
+        self.teachers.prepare_cache(
+            self.data, self.settings.eval_batch_size, progress=lambda label, total: self._progress(f"teacher cache: {label}", total)
+        )
         for epoch in range(start_epoch, config.epochs):
             self.state.epoch = epoch
             self.state.metrics = {}
@@ -373,9 +383,12 @@ class Trainer:
         batches = eval_batches(
             self.data, settings.eval_batch_size, device=settings.device, dist=self.dist, num_workers=settings.num_workers, split=split
         )
-        correct, loss_sum = evaluate_batches(model, batches, config.channels_last, config.precision)
+        count = self.data.val_count if split == "val" else self.data.test_count
+        progress = self._progress(f"evaluate {split}", self.dist.shard_size(count))
+        progress(0)
+        correct, loss_sum = evaluate_batches(model, batches, config.channels_last, config.precision, on_batch=progress)
         totals = self.dist.sum(torch.tensor([float(correct), loss_sum], dtype=torch.float64))
-        count = max(self.data.val_count if split == "val" else self.data.test_count, 1)
+        count = max(count, 1)
         return 100.0 * float(totals[0]) / count, float(totals[1]) / count
 
     def _check_stop(self) -> None:

@@ -89,6 +89,11 @@ def test_a_schedule_runs_as_a_dict_a_schedule_object_or_a_file(tmp_path: Path) -
     assert [stage.to_dict() for stage in loaded.stages] == [stage.to_dict() for stage in from_dict.stages]
     model = kdframe.load_model(tmp_path / "dict")
     assert isinstance(model, torch.nn.Module) and not model.training
+    # The curves' numbers, by stage: the final student's by default.
+    assert loaded.history() == from_dict.history() == from_dict.history(from_dict.final.stage)
+    assert [row["epoch"] for row in loaded.history()] == [1.0]  # one epoch
+    with pytest.raises(kdframe.KdframeError, match="has no stage 'techer'"):
+        loaded.history("techer")
 
 
 @pytest.mark.parametrize(

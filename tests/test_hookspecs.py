@@ -93,6 +93,30 @@ PINNED_API: dict[str, dict[str, tuple[str, ...]]] = {
         "kdframe_state_dict": ("run", "stage"),
         "kdframe_load_state_dict": ("run", "stage", "state"),
     },
+
+    "2.2": {
+        "kdframe_register_losses": (),
+        "kdframe_register_models": (),
+        "kdframe_register_curricula": (),
+        "kdframe_register_datasets": (),
+        "kdframe_register_loggers": (),
+        "kdframe_register_optimizers": (),
+        "kdframe_register_lr_schedules": (),
+        "kdframe_register_exporters": (),
+        "kdframe_on_run_start": ("run", "control"),
+        "kdframe_on_stage_start": ("run", "stage", "control"),
+        "kdframe_on_epoch_start": _EVENT,
+        "kdframe_on_batch_start": _EVENT,
+        "kdframe_on_batch_end": _EVENT,
+        "kdframe_on_progress": ("run", "stage", "task", "done", "total"),
+        "kdframe_on_eval_end": _EVENT,
+        "kdframe_on_epoch_end": _EVENT,
+        "kdframe_on_stage_end": ("run", "stage", "result", "control"),
+        "kdframe_on_run_end": ("run", "results"),
+        "kdframe_on_exception": ("run", "stage", "error"),
+        "kdframe_state_dict": ("run", "stage"),
+        "kdframe_load_state_dict": ("run", "stage", "state"),
+    },
 }
 
 

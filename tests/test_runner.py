@@ -20,6 +20,16 @@ def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
+def _session_hparams(folder: Path) -> dict[str, object]:
+    from tensorboard.plugins.hparams import metadata
+
+    accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+    start = metadata.parse_session_start_info_plugin_data(content)
+    return {key: getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()}
+
+
 def test_ta_chain_end_to_end(tmp_path) -> None:
     path = write_schedule(tmp_path, tiny_schedule())
     folder, results = run_schedule(path, out=tmp_path / "run", quiet=True)
@@ -53,6 +63,14 @@ def test_ta_chain_end_to_end(tmp_path) -> None:
     assert [step for step, _ in student_scalars["test/acc"]] == [1, 2]
     assert student_scalars["test/acc"][-1][1] == pytest.approx(rows["student"]["final_test_acc"], abs=1e-3)
     assert "train/loss/hinton_kd" not in _scalars(folder / "tensorboard" / "00-teacher")
+    assert student_scalars["test/best_acc"][-1][1] == pytest.approx(rows["student"]["best_test_acc"], abs=1e-3)
+    # The HParams session names the student's architecture params, weight decay, data size and
+    # precision; integers read as integers.
+    hparams = _session_hparams(folder / "tensorboard" / "02-student")
+    assert hparams["model/depth"] == "2" and hparams["seed"] == "0" and hparams["epochs"] == "2"
+    assert hparams["weight_decay"] == pytest.approx(5e-4) and hparams["precision"] == "fp32"
+    assert hparams["train_samples"] == "all" and hparams["model/width_multiplier"] == 1.0
+    assert hparams["result/wall_time_s"] == pytest.approx(rows["student"]["wall_time_s"])
 
 
 def test_feature_and_relation_losses_train_their_adapters(tmp_path) -> None:

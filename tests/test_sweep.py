@@ -346,6 +346,45 @@ def test_a_failed_run_stops_the_sweep_and_the_report_shows_what_finished(tmp_pat
     assert "Missing: BLKD seed 0 (no results.json)." in text
 
 
+def test_set_changes_every_run_after_its_variant(tmp_path, capsys) -> None:
+    variants = {
+        "NOKD": {**VARIANTS["NOKD"], "training": {"epochs": 3}},
+        "BLKD": VARIANTS["BLKD"],
+    }
+    path = write_sweep(tmp_path, variants=variants, seeds=[0])
+    lines: list[str] = []
+    plan = load_sweep(path, overrides=["training.epochs=2", "data.batch_size=16"], log=lines.append)
+    for run in plan.runs:
+        assert run.raw["training"]["epochs"] == 2 and run.raw["data"]["batch_size"] == 16
+    assert "Note: --set training.epochs replaces what variant 'NOKD' sets itself." in lines
+    assert plan.to_dict()["overrides"] == ["training.epochs=2", "data.batch_size=16"]
+
+    # validate shows the plan with the change; nothing is created.
+    assert main(["validate", str(path), "--set", "training.epochs=2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"Sweep file '{path}' is valid" in printed and "replaces what variant 'NOKD' sets" in printed
+    # A bad value is an error about the --set, with the sweep file named; the keys the sweep owns are refused.
+    assert main(["validate", str(path), "--set", "training.epochs=-1"]) == 2
+    assert "training.epochs" in capsys.readouterr().err
+    for assignment, reason in (("seed=3", "--seeds"), ("name=x", "<sweep name>-<variant>"), ("plugins.allow=[]", "plugins section")):
+        assert main(["sweep", str(path), "--set", assignment, "--out", str(tmp_path / "never")]) == 2
+        assert reason in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+    assert main(["sweep", "--join", str(tmp_path), "--set", "training.epochs=1"]) == 2
+    assert "--set belong to a new sweep" in capsys.readouterr().err
+
+
+def test_cli_sweep_set_runs_with_the_change(tmp_path, capsys) -> None:
+    path = write_sweep(tmp_path, base_schedule(**{"training.stages": {}}), variants={"NOKD": VARIANTS["NOKD"]}, seeds=[0])
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--quiet", "--set", "training.epochs=2"]) == 0
+    schedule = json.loads((out / "NOKD" / "seed-0" / "schedule.json").read_text())
+    assert schedule["training"]["epochs"] == 2
+    (row,) = [row for _, row in stage_rows(out)]
+    assert row["epochs_run"] == 2
+    assert json.loads((out / "sweep.json").read_text())["overrides"] == ["training.epochs=2"]
+
+
 def test_cli_sweep_errors_exit_2(tmp_path, capsys) -> None:
     path = write_sweep(tmp_path)
     assert main(["sweep", str(path), "--seeds", "0,x"]) == 2

@@ -45,6 +45,28 @@ def test_golden_event_order(tmp_path) -> None:
         assert key in epoch_metrics
 
 
+def test_progress_events_of_the_teacher_cache_and_the_evaluations(tmp_path) -> None:
+    recorder = HookRecorder()
+    # An unusual seed, so that no other test has put this teacher's outputs in the process's cache.
+    schedule = tiny_schedule(**{"training.epochs": 2, "seed": 917, "data.validation_samples": 32})
+    schedule["curriculum"] = {"name": "direct", "params": {"teacher": "teacher", "student": "student"}}
+    _run(tmp_path, schedule, ("recorder", recorder))
+    events = recorder.events(batches=False, progress=True)
+    student = events[events.index("stage_start", events.index("stage_end")):]
+    # The cache is built after stage_start and before the first epoch; each epoch's evaluations
+    # report before eval_end.
+    assert student[:3] == ["stage_start", "progress", "progress"]
+    progress = [d for d in recorder.details("progress") if d["stage"] == "student"]
+    cache = [d for d in progress if d["task"] == "teacher cache: teacher"]
+    # 128 images - 32 held out, in chunks of the eval batch size (64).
+    assert [d["done"] for d in cache] == [0, 64, 96] and {d["total"] for d in cache} == {96}
+    tests = [d["done"] for d in progress if d["task"] == "evaluate test"]
+    vals = [d["done"] for d in progress if d["task"] == "evaluate val"]
+    assert tests == [0, 64] * 2 and vals == [0, 32] * 2  # eval batch 64: one batch per split
+    assert {d["task"] for d in recorder.details("progress") if d["stage"] == "teacher"} == {"evaluate test", "evaluate val"}
+    assert recorder.events(batches=False) == [e for e in events if e != "progress"]  # hidden unless asked for
+
+
 def test_teacher_weights_and_batchnorm_statistics_never_change(tmp_path) -> None:
     schedule = tiny_schedule(**{"training.epochs": 1})
     schedule["curriculum"] = {"name": "direct", "params": {"teacher": "teacher", "student": "student"}}

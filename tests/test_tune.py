@@ -261,4 +261,4 @@ def test_kdframe_validate_knows_tune_and_sweep_files(tmp_path: Path, capsys) -> 
     printed = capsys.readouterr().out
     assert "Sweep file" in printed and "is valid; nothing was created or trained" in printed and "seed 0" in printed
     assert main(["validate", str(write_tune(tmp_path)), "--set", "trials=2"]) == 2
-    assert "is a tune file: --set and --print apply to schedules only" in capsys.readouterr().err
+    assert "is a tune file: --set applies to schedules and sweep files only" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import Literal, TextIO
 
 from pydantic import Field
@@ -25,6 +27,14 @@ class ProgressParams(kdframe.Params):
         description="Print one summary line per epoch (losses, accuracies, time); the stage start "
         "and stage end lines are always printed.",
     )
+    line_every_s: float = Field(
+        30.0,
+        ge=0.0,
+        description="Without a bar (standard error is not a terminal, e.g. a log file or a batch "
+        "job): print a progress line every this many seconds inside a long epoch, evaluation or "
+        "teacher-cache build (batches done, running loss, elapsed and estimated time left); 0 "
+        "prints none.",
+    )
 
 
 def _loss(value: float) -> str:
@@ -43,12 +53,18 @@ class ProgressLogger:
         stream: Where to write; ``None`` means ``sys.stderr`` as it is when each line is written.
     """
 
-    def __init__(self, params: ProgressParams | None = None, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, params: ProgressParams | None = None, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.params = params or ProgressParams()
         self._stream = stream
+        self._clock = clock
         self._bar: tqdm | None = None
+        self._task: str | None = None  # the task the bar or the periodic lines are about
         self._loss_sum = 0.0
         self._loss_samples = 0
+        self._started = 0.0  # when the epoch or task began (clock seconds)
+        self._last_line = 0.0  # when the last periodic line was printed
 
     @property
     def stream(self) -> TextIO:
@@ -75,10 +91,27 @@ class ProgressLogger:
         stream.flush()
 
     def close_bar(self) -> None:
-        """Remove the epoch's bar, if any."""
+        """Remove the epoch's or task's bar, if any."""
         bar, self._bar = self._bar, None
+        self._task = None
         if bar is not None:
             bar.close()
+
+    def _periodic(self, text: str, done: int, total: int) -> None:
+        """Without a bar: print ``text`` with the time taken and left, at most every ``line_every_s``."""
+        every = self.params.line_every_s
+        now = self._clock()
+        if not every or now - self._last_line < every:
+            return
+        self._last_line = now
+        elapsed = now - self._started
+        parts = [text, f"{elapsed:.0f} s"]
+        if 0 < done < total:
+            parts.append(f"~{elapsed * (total - done) / done:.0f} s left")
+        self.write("  ".join(parts))
+
+    def _begin(self) -> None:
+        self._started = self._last_line = self._clock()
 
     # -- trainer events ---------------------------------------------------------------------------
 
@@ -94,6 +127,7 @@ class ProgressLogger:
     def kdframe_on_epoch_start(self, stage: StageInfo, state: TrainState) -> None:
         self.close_bar()
         self._loss_sum, self._loss_samples = 0.0, 0
+        self._begin()
         if not self.bars_enabled():
             return
         self._bar = tqdm(
@@ -106,18 +140,48 @@ class ProgressLogger:
         )
 
     @kdframe.hookimpl
-    def kdframe_on_batch_end(self, state: TrainState) -> None:
-        bar = self._bar
-        if bar is None:
-            return
+    def kdframe_on_batch_end(self, stage: StageInfo, state: TrainState) -> None:
         loss = state.metrics.get("loss")
         if loss is not None:
             samples = state.samples if state.samples > 0 else 1
             self._loss_sum += float(loss) * samples
             self._loss_samples += samples
-            bar.set_postfix_str(f"loss {_loss(self._loss_sum / self._loss_samples)}", refresh=False)
+        mean = f"loss {_loss(self._loss_sum / self._loss_samples)}" if self._loss_samples else ""
+        bar = self._bar
+        if bar is None:
+            done, total = state.batch + 1, state.batches_per_epoch
+            where = f"batch {done}/{total} ({100 * done / total:.0f}%)" if total else f"batch {done}"
+            text = f"[{stage.name}] epoch {state.epoch + 1}/{stage.epochs}  {where}"
+            self._periodic(f"{text}  {mean}" if mean else text, done, total)
+            return
+        if mean:
+            bar.set_postfix_str(mean, refresh=False)
         done = state.batch + 1 - bar.n
         bar.update(done if done > 0 else 1)
+
+    @kdframe.hookimpl
+    def kdframe_on_progress(self, stage: StageInfo, task: str, done: int, total: int) -> None:
+        if done <= 0 or self._task != task:
+            # A new task: it replaces the epoch's bar (the epoch's line follows the evaluation).
+            self.close_bar()
+            self._task = task
+            self._begin()
+            if self.bars_enabled():
+                self._bar = tqdm(
+                    total=total or None,
+                    desc=f"{stage.name} {task}",
+                    unit="img",
+                    leave=False,
+                    file=self.stream,
+                    dynamic_ncols=True,
+                )
+        if self._bar is not None:
+            self._bar.update(max(done - self._bar.n, 0))
+        elif done > 0:
+            share = f" ({100 * done / total:.0f}%)" if total else ""
+            self._periodic(f"[{stage.name}] {task}: {done}/{total} images{share}", done, total)
+        if total and done >= total:
+            self.close_bar()
 
     @kdframe.hookimpl
     def kdframe_on_epoch_end(self, stage: StageInfo, state: TrainState) -> None:

@@ -6,19 +6,23 @@ Registers the ``tensorboard`` logger. For every stage of a run it writes one Ten
 
 * scalars every epoch, one per key of the epoch-end metrics (``train/loss``, ``train/loss/<term>``,
   ``train/acc``, ``test/acc``, ``test/loss``, ``lr``, ``time/epoch_s``, ``time/samples_per_s``;
-  ``val/acc`` and ``val/loss`` when the data has a validation split), step = epoch number counted
-  from 1;
+  ``val/acc`` and ``val/loss`` when the data has a validation split), and ``test/best_acc``: the
+  test accuracy at the best epoch so far (chosen by validation accuracy when there is a validation
+  split, then also ``val/best_acc``); step = epoch number counted from 1;
 * optionally per-batch scalars ``batch/loss``, ``batch/loss/<term>`` and ``batch/lr`` every
   ``batch_every`` optimizer steps, step = optimizer step in the stage;
 * text ``schedule`` (the resolved schedule as JSON) and ``stage`` (student, architecture, teachers,
   losses) at stage start;
-* at stage end, the stage's hyper-parameters with the metrics ``hparam/final_test_acc``,
-  ``hparam/best_test_acc`` (test accuracy at the selected epoch) and ``hparam/wall_time_s`` for
-  TensorBoard's HParams tab (with a validation split, also ``hparam/best_val_acc`` and
-  ``hparam/final_val_acc``), and, when the
-  run measures its compression report, ``hparam/params``, ``hparam/macs``, ``hparam/size_mb``,
-  ``hparam/latency_ms`` (batch 1) and the ratios to the teacher ``hparam/params_x``,
-  ``hparam/speedup_x`` and ``hparam/acc_delta``.
+* at stage end, an HParams session: the stage's hyper-parameters (architecture and ``model/<param>``,
+  optimizer, ``lr``, ``weight_decay``, ``epochs``, ``batch_size``, ``train_samples``, ``precision``,
+  ``seed``, loss weights and params; integers and booleans as text, so they read ``3``, not
+  ``3.0``), its wall time ``result/wall_time_s`` and, when the run measures its compression report,
+  ``compression/params``, ``compression/macs``, ``compression/size_mb``, ``compression/latency_ms``
+  (batch 1) and the ratios to the teacher ``compression/params_x``, ``compression/speedup_x`` and
+  ``compression/acc_delta``. No experiment summary and no one-point charts are written:
+  TensorBoard builds the HParams table from every session under its log directory (so a sweep's
+  runs share one table with every hyper-parameter as a column) and reads the metrics from the last
+  value of each curve (``test/acc`` is the final accuracy, ``test/best_acc`` the selected one).
 
 Schedule example::
 

@@ -17,32 +17,41 @@ from kdframe import RunInfo, StageInfo, StageResult, TrainState
 
 #: Sub-folder of the run folder that holds one TensorBoard run per stage.
 FOLDER = "tensorboard"
+#: Per-epoch curve of the test accuracy at the best epoch so far (selected by validation accuracy when
+#: there is a validation split); its last value is the stage's ``best_test_acc``.
+BEST_TEST_TAG = "test/best_acc"
+#: Per-epoch curve of the highest validation accuracy so far (only with a validation split).
+BEST_VAL_TAG = "val/best_acc"
 
-#: Metrics written next to the stage's hyper-parameters for the HParams tab.
-HPARAM_METRICS = ("hparam/final_test_acc", "hparam/best_test_acc", "hparam/wall_time_s")
-#: Metrics from the stage's compression report (when the run measured one), by where they are in it.
-COMPRESSION_METRICS = {
-    "hparam/params": ("params",),
-    "hparam/macs": ("macs",),
-    "hparam/size_mb": ("size_mb",),
-    "hparam/latency_ms": ("latency", "median_ms"),
-    "hparam/params_x": ("vs_reference", "params_x"),
-    "hparam/speedup_x": ("vs_reference", "speedup_x"),
-    "hparam/acc_delta": ("vs_reference", "acc_delta"),
+#: Figures of the stage's compression report (when the run measured one), by where they are in it.
+#: They are written as HParams columns (``compression/<name>``) beside the hyper-parameters.
+COMPRESSION_VALUES = {
+    "compression/params": ("params",),
+    "compression/macs": ("macs",),
+    "compression/size_mb": ("size_mb",),
+    "compression/latency_ms": ("latency", "median_ms"),
+    "compression/params_x": ("vs_reference", "params_x"),
+    "compression/speedup_x": ("vs_reference", "speedup_x"),
+    "compression/acc_delta": ("vs_reference", "acc_delta"),
 }
 
 
-def compression_metrics(compression: dict[str, Any] | None) -> dict[str, float]:
-    """The HParams metrics of a compression report: size, MACs, latency and ratios to the teacher."""
-    metrics: dict[str, float] = {}
-    for tag, path in COMPRESSION_METRICS.items():
+def compression_values(compression: dict[str, Any] | None) -> dict[str, float]:
+    """The HParams columns of a compression report: size, MACs, latency and ratios to the teacher."""
+    values: dict[str, float] = {}
+    for tag, path in COMPRESSION_VALUES.items():
         value: Any = compression
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         number = _number(value)
         if number is not None:
-            metrics[tag] = number
-    return metrics
+            values[tag] = number
+    return values
+
+
+def result_values(result: StageResult) -> dict[str, float]:
+    """What a finished stage measured that is not a curve: its wall time and compression figures."""
+    return {"result/wall_time_s": float(result.wall_time_s), **compression_values(result.compression)}
 
 
 class TensorBoardParams(kdframe.Params):
@@ -101,14 +110,20 @@ def stage_markdown(run: RunInfo, stage: StageInfo) -> str:
     return "\n".join(lines)
 
 
-def _hparam_value(value: Any) -> bool | int | float | str | None:
-    """A value TensorBoard's hparams accept: scalars as they are, anything else as JSON text."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+def _hparam_value(value: Any) -> float | str | None:
+    """A value for TensorBoard's HParams tab: floats as numbers; integers and booleans as text, so
+    that a seed reads ``3`` (TensorBoard stores every number as a double and would show ``3.0``) and
+    the tab filters them as categories; anything else as JSON text."""
+    if value is None or isinstance(value, (float, str)):
         return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _clean_hparams(hparams: dict[str, Any]) -> dict[str, bool | int | float | str]:
+def _clean_hparams(hparams: dict[str, Any]) -> dict[str, float | str]:
     cleaned = {str(key): _hparam_value(value) for key, value in hparams.items()}
     return {key: value for key, value in cleaned.items() if value is not None}
 
@@ -195,13 +210,21 @@ class TensorBoardLogger:
             number = _number(value)
             if number is not None:
                 writer.add_scalar(key, number, step)
+        if "test/acc" in state.metrics:
+            writer.add_scalar(BEST_TEST_TAG, float(state.best_test_acc), step)
+        if state.best_val_acc is not None:
+            writer.add_scalar(BEST_VAL_TAG, float(state.best_val_acc), step)
         writer.flush()
 
     @kdframe.hookimpl
-    def kdframe_on_stage_end(self, run: RunInfo, stage: StageInfo, result: StageResult) -> None:
+    def kdframe_on_stage_end(self, stage: StageInfo, result: StageResult) -> None:
         writer = self._open(stage)
         try:
-            self._write_hparams(writer, run, stage, result)
+            if result.epochs_run == 0 and result.best_epoch >= 0:
+                # An evaluate stage (an ensemble, say) evaluates once and has no epochs: its one
+                # evaluation is its curve, at step 0.
+                self._write_evaluation(writer, result)
+            self._write_hparams(writer, stage, result)
         finally:
             self.close()
 
@@ -222,34 +245,24 @@ class TensorBoardLogger:
 
     # -- hparams ----------------------------------------------------------------------------------
 
-    def _write_hparams(
-        self, writer: SummaryWriter, run: RunInfo, stage: StageInfo, result: StageResult
-    ) -> None:
-        """Write the stage's hparams session and metrics into the stage's own folder.
+    def _write_evaluation(self, writer: SummaryWriter, result: StageResult) -> None:
+        writer.add_scalar("test/acc", float(result.final_test_acc), 0)
+        writer.add_scalar(BEST_TEST_TAG, float(result.best_test_acc), 0)
+        if result.final_val_acc is not None:
+            writer.add_scalar("val/acc", float(result.final_val_acc), 0)
 
-        ``SummaryWriter.add_hparams`` would make a sub-folder (a second run) per call; writing the
-        three hparams summaries directly keeps one run per stage. TensorBoard reads the experiment
-        (the list of hparam columns) from one arbitrary run, so every stage's experiment lists the
-        hparams of all stages of the run.
+    def _write_hparams(self, writer: SummaryWriter, stage: StageInfo, result: StageResult) -> None:
+        """Write the stage's HParams session (hyper-parameters and result values) into its own folder.
+
+        ``SummaryWriter.add_hparams`` would make a sub-folder (a second run) and one-point
+        ``hparam/*`` charts per call. Only the session's start and end summaries are written here, no
+        experiment summary: TensorBoard then builds the experiment from every session under its
+        log directory (all stages of all runs of a sweep, so every hparam gets a column) and takes
+        the metrics from the last value of each stage's curves (``test/acc``: the final accuracy,
+        ``test/best_acc``: the accuracy at the best epoch, ``val/*``, ``train/*``).
         """
-        metrics = {
-            "hparam/final_test_acc": float(result.final_test_acc),
-            "hparam/best_test_acc": float(result.best_test_acc),
-            "hparam/wall_time_s": float(result.wall_time_s),
-            **compression_metrics(result.compression),
-        }
-        if result.best_val_acc is not None and result.final_val_acc is not None:
-            metrics["hparam/best_val_acc"] = float(result.best_val_acc)
-            metrics["hparam/final_val_acc"] = float(result.final_val_acc)
-        own = _clean_hparams(stage.hparams)
-        union: dict[str, bool | int | float | str] = {}
-        for each in (*run.stages, stage):
-            for key, value in _clean_hparams(each.hparams).items():
-                union.setdefault(key, value)
-        experiment, _, _ = hparams_summaries(union, metrics)
-        _, session_start, session_end = hparams_summaries(own, metrics)
+        values = {**_clean_hparams(stage.hparams), **result_values(result)}
+        _, session_start, session_end = hparams_summaries(values, {})
         step = max(int(result.epochs_run), 0)
-        for summary in (experiment, session_start, session_end):
+        for summary in (session_start, session_end):
             writer.file_writer.add_summary(summary, step)
-        for tag, value in metrics.items():
-            writer.add_scalar(tag, value, step)

@@ -140,7 +140,7 @@ def test_registered_with_documented_params() -> None:
     spec = plugins.registry.spec("logger", "progress")
     assert spec.params is ProgressParams and spec.summary
     defaults = ProgressParams()
-    assert (defaults.bar, defaults.epoch_lines) == ("auto", True)
+    assert (defaults.bar, defaults.epoch_lines, defaults.line_every_s) == ("auto", True, 30.0)
     for name, field in ProgressParams.model_fields.items():
         assert field.description, name
     with pytest.raises(ValidationError):
@@ -206,7 +206,7 @@ def test_running_loss_is_the_sample_mean(tmp_path: Path) -> None:
     for batch, (loss, samples) in enumerate([(1.0, 30), (2.0, 10)]):
         state.batch, state.samples, state.step = batch, samples, batch + 1
         state.metrics = {"loss": loss}
-        logger.kdframe_on_batch_end(state=state)
+        logger.kdframe_on_batch_end(stage=stage, state=state)
     bar = logger._bar
     assert bar is not None and bar.n == 2
     assert bar.postfix == "loss 1.250"
@@ -250,3 +250,72 @@ def test_default_stream_is_stderr_at_write_time(tmp_path: Path, capsys: pytest.C
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == EXPECTED_LINES[4] + "\n"
+
+
+class Clock:
+    """A clock that moves ``step`` seconds each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_periodic_lines_inside_a_long_epoch_without_a_terminal(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    logger = ProgressLogger(ProgressParams(line_every_s=30.0), stream=stream, clock=Clock(20.0))
+    run = make_run(tmp_path)
+    stage = run.stages[2]
+    state = TrainState(epoch=0, batches_per_epoch=4)
+    logger.kdframe_on_epoch_start(stage=stage, state=state)  # t = 20
+    for batch in range(4):  # t = 40, 60, 80, 100: lines at 60 (40 s after the start) and 100
+        state.batch, state.samples, state.metrics = batch, 10, {"loss": 0.5}
+        logger.kdframe_on_batch_end(stage=stage, state=state)
+    assert stream.getvalue().splitlines() == [
+        "[student] epoch 1/2  batch 2/4 (50%)  loss 0.500  40 s  ~40 s left",
+        "[student] epoch 1/2  batch 4/4 (100%)  loss 0.500  80 s",
+    ]
+
+
+def test_periodic_lines_of_evaluation_and_teacher_cache(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    logger = ProgressLogger(ProgressParams(), stream=stream, clock=Clock(20.0))
+    stage = make_run(tmp_path).stages[2]
+    for done in (0, 1000, 2000, 3000):  # t = 20 (start), 40, 60, 80
+        logger.kdframe_on_progress(stage=stage, task="teacher cache: assistant", done=done, total=3000)
+    assert stream.getvalue().splitlines() == [
+        "[student] teacher cache: assistant: 2000/3000 images (67%)  40 s  ~20 s left",
+    ]
+    quiet = io.StringIO()
+    silent = ProgressLogger(ProgressParams(line_every_s=0), stream=quiet, clock=Clock(100.0))
+    for done in (0, 5, 10):
+        silent.kdframe_on_progress(stage=stage, task="evaluate test", done=done, total=10)
+    assert quiet.getvalue() == ""
+
+
+def test_bars_for_evaluation_and_teacher_cache_on_a_terminal(tmp_path: Path) -> None:
+    stream = TTY()
+    logger = ProgressLogger(ProgressParams(), stream=stream)
+    plugins = make_plugins()
+    plugins.register_for_run(logger, "progress-run")
+    run = make_run(tmp_path)
+    stage = run.stages[1]
+    hook = plugins.hook
+    hook.kdframe_on_progress(run=run, stage=stage, task="teacher cache: teacher", done=0, total=300)
+    assert logger._bar is not None and logger._bar.desc == "assistant teacher cache: teacher"
+    hook.kdframe_on_progress(run=run, stage=stage, task="teacher cache: teacher", done=200, total=300)
+    assert logger._bar.n == 200
+    hook.kdframe_on_progress(run=run, stage=stage, task="teacher cache: teacher", done=300, total=300)
+    assert logger._bar is None  # cleared when the task is done
+    # An evaluation replaces the epoch's bar.
+    state = TrainState(epoch=0, batches_per_epoch=BATCHES)
+    hook.kdframe_on_epoch_start(run=run, stage=stage, state=state, control=Control())
+    epoch_bar = logger._bar
+    hook.kdframe_on_progress(run=run, stage=stage, task="evaluate test", done=0, total=64)
+    assert epoch_bar is not None and logger._bar is not epoch_bar and epoch_bar.disable  # closed
+    assert logger._bar is not None and logger._bar.total == 64
+    hook.kdframe_on_progress(run=run, stage=stage, task="evaluate test", done=64, total=64)
+    assert logger._bar is None
+    assert "assistant teacher cache: teacher" in stream.getvalue() and "assistant evaluate test" in stream.getvalue()

@@ -126,6 +126,7 @@ def run_stage_epochs(hook, run: RunInfo, stage: StageInfo, control: Control, epo
         state.metrics = {"test/acc": epoch_metrics(stage, epoch)["test/acc"], "test/loss": 1.0}
         hook.kdframe_on_eval_end(run=run, stage=stage, state=state, control=control)
         state.metrics = epoch_metrics(stage, epoch)
+        state.best_test_acc = max(state.best_test_acc, state.metrics["test/acc"])
         hook.kdframe_on_epoch_end(run=run, stage=stage, state=state, control=control)
 
 
@@ -223,9 +224,14 @@ def test_epoch_scalars(finished_run: tuple[Path, RunInfo]) -> None:
     root, run = finished_run
     for stage in run.stages:
         acc = load(root / f"{stage.index:02d}-{stage.name}")
+        steps = [epoch + 1 for epoch in range(EPOCHS)]
         for key in EPOCH_KEYS:
             values = [epoch_metrics(stage, epoch)[key] for epoch in range(EPOCHS)]
-            assert_scalars(acc, key, [epoch + 1 for epoch in range(EPOCHS)], values)
+            assert_scalars(acc, key, steps, values)
+        # The running best: its last value is what the HParams tab shows as the selected accuracy.
+        assert_scalars(acc, "test/best_acc", steps, [epoch_metrics(stage, e)["test/acc"] for e in range(EPOCHS)])
+        assert "val/best_acc" not in acc.Tags()["scalars"]  # no validation split here
+        assert not [tag for tag in acc.Tags()["scalars"] if tag.startswith("hparam/")]  # no one-point charts
 
 
 def test_batch_scalars_every_n_steps(finished_run: tuple[Path, RunInfo]) -> None:
@@ -268,31 +274,47 @@ def test_hparams_in_stage_folder(finished_run: tuple[Path, RunInfo]) -> None:
     for stage in run.stages:
         acc = load(root / f"{stage.index:02d}-{stage.name}")
         content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
-        assert set(content) == {
-            hparams_metadata.EXPERIMENT_TAG,
-            hparams_metadata.SESSION_START_INFO_TAG,
-            hparams_metadata.SESSION_END_INFO_TAG,
-        }
+        # No experiment summary: TensorBoard builds it from every session under the log directory.
+        assert set(content) == {hparams_metadata.SESSION_START_INFO_TAG, hparams_metadata.SESSION_END_INFO_TAG}
         start = hparams_metadata.parse_session_start_info_plugin_data(
             content[hparams_metadata.SESSION_START_INFO_TAG]
         )
         values = {key: getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()}
-        # Numbers (bools included) are stored as doubles, strings as strings.
-        expected = {key: v if isinstance(v, str) else float(v) for key, v in stage.hparams.items()}
-        assert values == expected
-        # Every stage's experiment lists the hparams of the whole run, so TensorBoard's columns are
-        # complete whichever stage it reads them from.
-        experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
-        assert {info.name for info in experiment.hparam_infos} == {
-            "arch", "lr", "epochs", "distilled", "temperature"
+        # Floats stay numbers; integers and booleans become text (TensorBoard would show 2 as 2.0).
+        expected = {
+            key: ("true" if v else "false") if isinstance(v, bool) else str(v) if isinstance(v, int) else v
+            for key, v in stage.hparams.items()
         }
-        assert [m.name.tag for m in experiment.metric_infos] == [
-            "hparam/final_test_acc", "hparam/best_test_acc", "hparam/wall_time_s"
-        ]
-        result = make_result(stage)
-        assert_scalars(acc, "hparam/final_test_acc", [EPOCHS], [result.final_test_acc])
-        assert_scalars(acc, "hparam/best_test_acc", [EPOCHS], [result.best_test_acc])
-        assert_scalars(acc, "hparam/wall_time_s", [EPOCHS], [result.wall_time_s])
+        assert values == {**expected, "result/wall_time_s": make_result(stage).wall_time_s}
+        assert values["epochs"] == "2" and values["lr"] == stage.hparams["lr"]
+
+
+def test_tensorboard_builds_one_table_from_the_sessions(finished_run: tuple[Path, RunInfo]) -> None:
+    """TensorBoard's own HParams backend reads the run: every hparam of every stage is a column, the
+    metrics are the curves' last values, and no hparam/* metric exists."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
+    root, run = finished_run
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(root))
+    multiplexer.Reload()
+    provider = MultiplexerDataProvider(multiplexer, str(root))
+    backend = backend_context.Context(base_plugin.TBContext(logdir=str(root), multiplexer=multiplexer, data_provider=provider))
+    request = context.RequestContext()
+    experiment = backend.experiment_from_metadata(
+        request, "", True, backend.hparams_metadata(request, ""), backend.hparams_from_data_provider(request, "", limit=None)
+    )
+    columns = {info.name: info for info in experiment.hparam_infos}
+    assert set(columns) == {"arch", "lr", "epochs", "distilled", "temperature", "result/wall_time_s"}
+    assert sorted(columns["arch"].domain_discrete) == ["plain_cnn", "plain_cnn_small"]
+    assert columns["arch"].differs and not columns["epochs"].differs
+    metrics = {info.name.tag for info in experiment.metric_infos}
+    assert {"test/acc", "test/best_acc", "train/loss"} <= metrics
+    assert not [tag for tag in metrics if tag.startswith("hparam/")]
 
 
 def test_closed_on_exception(plugins: Plugins, tmp_path: Path) -> None:
@@ -357,12 +379,29 @@ def test_the_compression_report_is_in_the_hparams(plugins: Plugins, tmp_path: Pa
     plugins.hook.kdframe_on_stage_start(run=run, stage=stage, control=Control())
     plugins.hook.kdframe_on_stage_end(run=run, stage=stage, result=result, control=Control())
     acc = load(tmp_path / "tensorboard" / "01-student")
-    experiment = hparams_metadata.parse_experiment_plugin_data(
-        acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.EXPERIMENT_TAG]
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG]
     )
-    assert [m.name.tag for m in experiment.metric_infos] == [
-        "hparam/final_test_acc", "hparam/best_test_acc", "hparam/wall_time_s", "hparam/params", "hparam/macs",
-        "hparam/size_mb", "hparam/latency_ms", "hparam/params_x", "hparam/speedup_x",
-    ]  # acc_delta is unknown here, so it is left out
-    assert_scalars(acc, "hparam/macs", [EPOCHS], [4000.0])
-    assert_scalars(acc, "hparam/speedup_x", [EPOCHS], [2.5])
+    values = {key: value.number_value for key, value in start.hparams.items() if key.startswith("compression/")}
+    # acc_delta is unknown here, so it is left out; the figures are columns, not one-point charts.
+    assert values == {
+        "compression/params": 250.0, "compression/macs": 4000.0, "compression/size_mb": 0.5,
+        "compression/latency_ms": 0.25, "compression/params_x": 4.0, "compression/speedup_x": 2.5,
+    }
+    assert acc.Tags()["scalars"] == []
+
+
+def test_an_evaluate_stage_gets_its_one_evaluation_as_a_point(plugins: Plugins, tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    make_logger(plugins, tmp_path)
+    stage = run.stages[1]
+    evaluated = dataclasses.replace(make_result(stage), epochs_run=0, best_epoch=0, final_test_acc=61.0, best_test_acc=61.0)
+    plugins.hook.kdframe_on_stage_start(run=run, stage=stage, control=Control())
+    plugins.hook.kdframe_on_stage_end(run=run, stage=stage, result=evaluated, control=Control())
+    acc = load(tmp_path / "tensorboard" / "01-student")
+    assert scalars(acc, "test/acc") == [(0, 61.0)] and scalars(acc, "test/best_acc") == [(0, 61.0)]
+    # A stage that a hook stopped before its first epoch was never evaluated: no point.
+    stopped = dataclasses.replace(make_result(run.stages[0]), epochs_run=0, best_epoch=-1)
+    plugins.hook.kdframe_on_stage_start(run=run, stage=run.stages[0], control=Control())
+    plugins.hook.kdframe_on_stage_end(run=run, stage=run.stages[0], result=stopped, control=Control())
+    assert load(tmp_path / "tensorboard" / "00-teacher").Tags()["scalars"] == []
