@@ -27,7 +27,7 @@ from kdframe import registry as _registry
 from kdframe.errors import ScheduleError
 from kdframe.hookspecs import hookimpl
 from kdframe.plugins import Plugins, register_in_process, unregister_in_process
-from kdframe.results import format_table
+from kdframe.results import final_student_index, format_table
 from kdframe.runner import RESULTS_FILE, prepare, run_raw, stage_result_from_row, validate_raw
 from kdframe.saved_models import finished_stages, load_stage_model
 from kdframe.schedule import Schedule, load_json
@@ -67,10 +67,10 @@ class RunResult:
     @property
     def final(self) -> StageResult:
         """The last stage that trained a model (the run's final student)."""
-        trained = [stage for stage in self.stages if stage.checkpoint]
-        if not trained:
+        final = final_student_index([stage.checkpoint for stage in self.stages])
+        if final is None:
             raise ScheduleError(f"No stage of the run in '{self.folder}' trained a model.")
-        return trained[-1]
+        return self.stages[final]
 
     def model(self, stage: str | None = None, *, best: bool = False) -> nn.Module:
         """A stage's trained model (default: the final student) rebuilt from the run folder, in eval

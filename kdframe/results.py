@@ -23,6 +23,13 @@ def write_results(folder: Path, name: str, results: list[StageResult], *, finish
     return write_text_atomic(folder / RESULTS_FILE, json.dumps(payload, indent=2) + "\n")
 
 
+def final_student_index(checkpoints: list[str]) -> int | None:
+    """Which stage holds a run's final student, given each stage's ``checkpoint``: the last stage
+    that saved a model (an evaluate stage saves none); ``None`` when none did."""
+    saved = [index for index, checkpoint in enumerate(checkpoints) if checkpoint]
+    return saved[-1] if saved else None
+
+
 def _count(value: int) -> str:
     if value >= 1_000_000:
         return f"{value / 1_000_000:.2f}M"

@@ -16,7 +16,7 @@ from typing import Any
 
 from kdframe.errors import KdframeError, SweepError
 from kdframe.history import read_history
-from kdframe.results import RESULTS_FILE, format_compression, format_table
+from kdframe.results import RESULTS_FILE, final_student_index, format_compression, format_table
 from kdframe.export import format_exports
 
 #: The curves of a run, written into its folder by ``kdframe report RUN_DIR``.
@@ -45,8 +45,8 @@ class RunSummary:
 
     def final_row(self) -> dict[str, Any]:
         """The row of the run's final student: the last stage that saved a model (else the last)."""
-        with_model = [row for row in self.rows if row.get("checkpoint")]
-        return (with_model or self.rows)[-1]
+        final = final_student_index([str(row.get("checkpoint") or "") for row in self.rows])
+        return self.rows[-1 if final is None else final]
 
 
 def stage_folder(folder: Path, row: dict[str, Any]) -> Path | None:

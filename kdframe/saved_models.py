@@ -21,7 +21,7 @@ from kdframe import checkpoints
 from kdframe.data import AnyDataset, InMemoryDataset
 from kdframe.errors import RunFolderError, suggest
 from kdframe.plugins import Plugins
-from kdframe.results import RESULTS_FILE
+from kdframe.results import RESULTS_FILE, final_student_index
 from kdframe.runner import SCHEDULE_FILE, build_model, load_data, load_schedule, read_results
 from kdframe.schedule import Schedule
 
@@ -86,9 +86,10 @@ def pick_stage(folder: Path, rows: list[dict[str, Any]], stage: str | None) -> d
     """The row of the named stage, or of the last stage that saved a model (the run's final student)."""
     with_weights = [row for row in rows if row.get("checkpoint")]
     if stage is None:
-        if not with_weights:
+        final = final_student_index([row.get("checkpoint") or "" for row in rows])
+        if final is None:
             raise RunFolderError(f"No finished stage of the run in '{folder}' saved a model; there is nothing to load yet.")
-        return with_weights[-1]
+        return rows[final]
     named = [row for row in rows if row["stage"] == stage]
     if not named:
         names = [row["stage"] for row in rows]
