@@ -159,6 +159,16 @@ def run_labels(folders: list[Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(folder) for folder in folders]
 
 
+def _labelled(label: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A run's final-student row named after its run; its compression figures stay relative to its
+    own teacher, whose own row is left out (each run may have another)."""
+    labelled = {**row, "stage": f"{label}: {row['stage']}", "model": f"{label}: {row.get('model', row['stage'])}"}
+    compression = row.get("compression")
+    if isinstance(compression, dict):
+        labelled["compression"] = {key: value for key, value in compression.items() if key != "reference_figures"}
+    return labelled
+
+
 def compare_text(folders: list[str | Path], plot: str | Path | None = None) -> str:
     """``kdframe report RUN_DIR RUN_DIR ...``: each run's final student in one table and, with
     ``plot``, their curves in one figure."""
@@ -168,7 +178,7 @@ def compare_text(folders: list[str | Path], plot: str | Path | None = None) -> s
     if empty:
         raise SweepError(f"No stage has finished yet in: {', '.join(empty)}. Compare runs once a stage of each has finished.")
     labels = run_labels(paths)
-    rows = [{**run.final_row(), "stage": f"{label}: {run.final_row()['stage']}"} for label, run in zip(labels, runs)]
+    rows = [_labelled(label, run.final_row()) for label, run in zip(labels, runs)]
     table, compression = _tables(rows, paths, first_column="run: stage")
     unfinished = [label for label, run in zip(labels, runs) if not run.finished]
     text = f"{len(runs)} runs, each by its final student (the last stage that saved a model):\n\n{table}"

@@ -228,6 +228,20 @@ def sets_key(overrides: dict[str, Any], dotted: str) -> bool:
     return True
 
 
+def _check_overrides_on_base(base: dict[str, Any], assignments: list[str], file: Path) -> None:
+    """A ``--set`` that breaks a base schedule which is valid on its own is reported once, as the
+    ``--set``'s mistake, rather than once per variant."""
+    try:
+        parse_schedule(base, "base")
+    except KdframeError:
+        return  # a partial base: the variants complete it, and their checks report any problem
+    source = f"Sweep file '{file}': the base schedule with --set {' --set '.join(assignments)}"
+    try:
+        parse_schedule(apply_overrides(base, assignments), source)
+    except ScheduleError as error:
+        raise SweepError(str(error)) from None
+
+
 def _read_sweep_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
@@ -546,6 +560,8 @@ def load_sweep(
         problems.append(message)
 
     assignments = check_sweep_overrides(overrides or [])
+    if assignments:
+        _check_overrides_on_base(base, assignments, file)
     for variant, variant_overrides in config.variants.items():
         raw = merge_variant(base, variant_overrides)
         if assignments:

@@ -115,3 +115,24 @@ def test_report_errors_exit_2(tmp_path: Path, capsys) -> None:
     (empty / "results.json").write_text(json.dumps({"name": "e", "stages": [{"stage": 3}]}))
     with pytest.raises(SweepError, match="malformed stage row"):
         read_run(empty)
+
+
+def test_compared_compression_rows_are_named_by_run_without_a_borrowed_teacher(tmp_path: Path) -> None:
+    figures = {
+        "params": 1000, "macs": 5000, "size_mb": 0.01, "latency": {"median_ms": 0.2},
+        "throughput": {"images_per_s": 9000, "batch": 64}, "reference": "teacher", "device": "cpu", "threads": 2,
+        "vs_reference": {"params_x": 10.0, "macs_x": 20.0, "speedup_x": 5.0, "acc_delta": -2.0},
+        "reference_figures": {"params": 10000, "macs": 100000, "size_mb": 0.1, "latency": {"median_ms": 1.0},
+                              "throughput": {"images_per_s": 900, "batch": 64}, "test_acc": 90.0},
+    }
+    folders = []
+    for name in ("a", "b"):
+        folder = make_run(tmp_path / name, name, {"student": 70.0})
+        results = json.loads((folder / "results.json").read_text())
+        results["stages"][0]["compression"] = figures
+        (folder / "results.json").write_text(json.dumps(results))
+        folders.append(folder)
+    text = compare_text(folders)
+    compression = text[text.index("Compression vs"):]
+    assert "a: student" in compression and "b: student" in compression
+    assert "(checkpoint)" not in compression  # each run's ratios are to its own teacher
