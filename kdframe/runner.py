@@ -408,7 +408,9 @@ def stage_hparams(schedule: Schedule, plan: StagePlan, training: Any, registry: 
             hparams[f"model/{key}"] = value
     for label, loss in zip(_term_labels([loss.name for loss in plan.losses]), plan.losses):
         hparams[f"loss/{label}/weight"] = loss.weight if isinstance(loss.weight, float) else describe_value(loss.weight)
-        for key, value in loss.params.items():
+        # The validated params (a temperature written as 4 is the float 4.0), defaults included.
+        params = component_params(registry, "loss", loss.name, loss.params, f"stage '{plan.stage_name}' loss").model_dump(mode="json")
+        for key, value in params.items():
             if isinstance(value, (str, int, float, bool)):
                 hparams[f"loss/{label}/{key}"] = value
     return hparams

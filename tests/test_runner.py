@@ -196,3 +196,18 @@ def test_schedule_allow_list_naming_an_absent_plugin_is_refused(tmp_path) -> Non
     bad = write_schedule(tmp_path, tiny_schedule(**{"plugins.skip_broken": "sometimes"}), "bad.json")
     with pytest.raises(ScheduleError, match=r"plugins\.skip_broken"):
         load_schedule(bad)
+
+
+def test_stage_hparams_hold_validated_params(tmp_path) -> None:
+    from kdframe.runner import prepare
+
+    schedule = tiny_schedule(**{"data.train_samples": 96, "training.precision": "fp32"})
+    schedule["distill"] = {
+        "losses": [{"name": "cross_entropy", "weight": 0.1}, {"name": "hinton_kd", "weight": 0.9, "params": {"temperature": 4}}]
+    }
+    loaded, plugins, resolved_schedule = load_schedule(write_schedule(tmp_path, schedule))
+    hparams = prepare(loaded, plugins, resolved_schedule).setups[-1].info.hparams
+    temperature = hparams["loss/hinton_kd/temperature"]
+    assert temperature == 4.0 and isinstance(temperature, float)  # written as 4, validated as a float
+    assert hparams["train_samples"] == 96 and hparams["model/depth"] == 2 and hparams["precision"] == "fp32"
+    assert hparams["weight_decay"] == pytest.approx(5e-4) and hparams["optimizer"] == "sgd"
