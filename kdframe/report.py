@@ -206,7 +206,8 @@ class SweepReport:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON file kdframe wrote, or a :class:`SweepError` naming it (``what``) and the reason."""
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -260,7 +261,7 @@ def collect(folder: str | Path) -> SweepReport:
         raise SweepError(_not_a_report_folder(folder))
     plan: dict[str, Any] | None = None
     if (folder / SWEEP_FILE).is_file():
-        plan = _read_json(folder / SWEEP_FILE, "sweep file")
+        plan = read_json_file(folder / SWEEP_FILE, "sweep file")
         if not isinstance(plan, dict) or not isinstance(plan.get("variants"), dict) or not isinstance(plan.get("seeds"), list):
             raise SweepError(f"'{folder / SWEEP_FILE}' is not a sweep.json written by kdframe (no variants and seeds).")
         variants = list(plan["variants"])

@@ -9,13 +9,13 @@ last stage that saved a model): one table row per run and, with a plot file, the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdframe.errors import KdframeError, SweepError
 from kdframe.history import read_history
+from kdframe.report import read_json_file
 from kdframe.results import RESULTS_FILE, final_student_index, format_compression, format_table
 from kdframe.export import format_exports
 
@@ -65,10 +65,7 @@ def read_run(folder: str | Path) -> RunSummary:
     results_path = folder / RESULTS_FILE
     if not results_path.is_file():
         raise SweepError(f"Run folder '{folder}' has no {RESULTS_FILE} yet: no stage has finished.")
-    try:
-        results = json.loads(results_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise SweepError(f"Cannot read results file '{results_path}': {error}.") from None
+    results = read_json_file(results_path, "results file")
     if not isinstance(results, dict) or not isinstance(results.get("stages"), list):
         raise SweepError(f"'{results_path}' is not a results.json written by kdframe.")
     rows = results["stages"]

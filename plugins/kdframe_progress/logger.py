@@ -97,18 +97,28 @@ class ProgressLogger:
         if bar is not None:
             bar.close()
 
-    def _periodic(self, text: str, done: int, total: int) -> None:
-        """Without a bar: print ``text`` with the time taken and left, at most every ``line_every_s``."""
+    def _line_due(self) -> bool:
+        """Whether a periodic line is due (``line_every_s`` since the last one); resets the wait."""
         every = self.params.line_every_s
+        if not every:
+            return False
         now = self._clock()
-        if not every or now - self._last_line < every:
-            return
+        if now - self._last_line < every:
+            return False
         self._last_line = now
+        return True
+
+    def _periodic(self, text: str, done: int, total: int) -> None:
+        """Print ``text`` with the time taken and left (call it when :meth:`_line_due`)."""
+        now = self._last_line
         elapsed = now - self._started
         parts = [text, f"{elapsed:.0f} s"]
         if 0 < done < total:
             parts.append(f"~{elapsed * (total - done) / done:.0f} s left")
         self.write("  ".join(parts))
+
+    def _mean_loss(self) -> str:
+        return f"loss {_loss(self._loss_sum / self._loss_samples)}"
 
     def _begin(self) -> None:
         self._started = self._last_line = self._clock()
@@ -146,16 +156,16 @@ class ProgressLogger:
             samples = state.samples if state.samples > 0 else 1
             self._loss_sum += float(loss) * samples
             self._loss_samples += samples
-        mean = f"loss {_loss(self._loss_sum / self._loss_samples)}" if self._loss_samples else ""
         bar = self._bar
         if bar is None:
-            done, total = state.batch + 1, state.batches_per_epoch
-            where = f"batch {done}/{total} ({100 * done / total:.0f}%)" if total else f"batch {done}"
-            text = f"[{stage.name}] epoch {state.epoch + 1}/{stage.epochs}  {where}"
-            self._periodic(f"{text}  {mean}" if mean else text, done, total)
+            if self._line_due():
+                done, total = state.batch + 1, state.batches_per_epoch
+                where = f"batch {done}/{total} ({100 * done / total:.0f}%)" if total else f"batch {done}"
+                text = f"[{stage.name}] epoch {state.epoch + 1}/{stage.epochs}  {where}"
+                self._periodic(f"{text}  {self._mean_loss()}" if self._loss_samples else text, done, total)
             return
-        if mean:
-            bar.set_postfix_str(mean, refresh=False)
+        if self._loss_samples:
+            bar.set_postfix_str(self._mean_loss(), refresh=False)
         done = state.batch + 1 - bar.n
         bar.update(done if done > 0 else 1)
 
@@ -177,7 +187,7 @@ class ProgressLogger:
                 )
         if self._bar is not None:
             self._bar.update(max(done - self._bar.n, 0))
-        elif done > 0:
+        elif done > 0 and self._line_due():
             share = f" ({100 * done / total:.0f}%)" if total else ""
             self._periodic(f"[{stage.name}] {task}: {done}/{total} images{share}", done, total)
         if total and done >= total:
