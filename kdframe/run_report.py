@@ -1,7 +1,8 @@
 """What ``kdframe report`` shows of run folders: one run's tables and training curves, or several
 runs side by side.
 
-A run's curves come from each stage's ``history.csv`` (:mod:`kdframe.history`): accuracy (test, and
+A run's curves come from each stage's ``history.csv`` (:mod:`kdframe.history`), or, for runs written
+before it existed, from the stage's TensorBoard events: accuracy (test, and
 validation when there is a validation split) and training loss by epoch, one line per stage, drawn
 into ``curves.png`` in the run folder. Several run folders are compared by their final student (the
 last stage that saved a model): one table row per run and, with a plot file, their curves together.
@@ -9,6 +10,7 @@ last stage that saved a model): one table row per run and, with a plot file, the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,9 @@ from kdframe.export import format_exports
 
 #: The curves of a run, written into its folder by ``kdframe report RUN_DIR``.
 CURVES_PNG = "curves.png"
+#: The run folder's TensorBoard events, one sub-folder per stage named as the stage's folder (the
+#: curves of runs that have no ``history.csv``).
+TENSORBOARD_FOLDER = "tensorboard"
 #: Line colours, one per stage or run (matplotlib's "tab10").
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -75,9 +80,34 @@ def read_run(folder: str | Path) -> RunSummary:
     for row in rows:
         where = stage_folder(folder, row)
         history = read_history(where) if where is not None else []
+        if not history and where is not None:
+            history = tensorboard_history(folder / TENSORBOARD_FOLDER / where.name)
         if history:
             summary.curves[row["stage"]] = history
     return summary
+
+
+def tensorboard_history(events_folder: Path) -> list[dict[str, float]]:
+    """Per-epoch rows from a stage's TensorBoard events (for runs written before ``history.csv``
+    existed): every curve logged per epoch, the last point of each epoch kept (a resumed epoch is
+    logged twice); ``[]`` when there are none or they cannot be read."""
+    if not events_folder.is_dir():
+        return []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    try:
+        accumulator = EventAccumulator(str(events_folder), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        by_epoch: dict[int, dict[str, float]] = {}
+        for tag in accumulator.Tags().get("scalars", []):
+            if tag.startswith(("batch/", "hparam/")):
+                continue  # per-step scalars and the one-point charts of earlier versions
+            for event in accumulator.Scalars(tag):
+                if event.step >= 1 and math.isfinite(event.value):
+                    by_epoch.setdefault(event.step, {"epoch": float(event.step)})[tag] = float(event.value)
+    except Exception:  # noqa: BLE001 - a damaged event file only costs the curves
+        return []
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def _tables(rows: list[dict[str, Any]], sources: list[Path], first_column: str = "stage") -> tuple[str, str]:
@@ -146,7 +176,10 @@ def run_text(folder: str | Path, plot: str | Path | None = None) -> str:
         _save(curves_figure(list(run.curves.items()), f"{run.name}: accuracy and training loss by epoch"), path)
         text += f"\n\nCurves: {path}"
     else:
-        text += "\n\nNo curves: no stage has a history.csv (it is written when a stage ends, by kdframe versions after 0.1.0)."
+        text += (
+            "\n\nNo curves: no stage has a history.csv (written when a stage ends, by kdframe after 0.1.0) "
+            "or TensorBoard events (the tensorboard logger)."
+        )
     return text
 
 

@@ -136,3 +136,27 @@ def test_compared_compression_rows_are_named_by_run_without_a_borrowed_teacher(t
     compression = text[text.index("Compression vs"):]
     assert "a: student" in compression and "b: student" in compression
     assert "(checkpoint)" not in compression  # each run's ratios are to its own teacher
+
+
+def test_a_run_without_history_csv_gets_its_curves_from_tensorboard(tmp_path: Path) -> None:
+    from kdframe.runner import run_schedule
+    from kdframe.testing import tiny_schedule, write_schedule
+
+    schedule = tiny_schedule(**{"training.epochs": 2, "compression.enabled": False})
+    schedule["curriculum"] = {"name": "direct", "params": {"teacher": "teacher", "student": "student"}}
+    folder, _ = run_schedule(write_schedule(tmp_path, schedule), out=tmp_path / "run", quiet=True)
+    written = read_run(folder).curves
+    for history in folder.glob("stages/*/history.csv"):
+        history.unlink()  # as a run of an earlier kdframe left it
+    from_events = read_run(folder).curves
+    assert list(from_events) == ["teacher", "student"]
+    for stage, rows in from_events.items():
+        assert [row["epoch"] for row in rows] == [1.0, 2.0]
+        for key in ("test/acc", "train/loss"):
+            assert [row[key] for row in rows] == pytest.approx([row[key] for row in written[stage]], rel=1e-6)
+        assert not [key for row in rows for key in row if key.startswith("batch/")]
+    assert "Curves:" in run_text(folder)
+    # Damaged events cost only the curves.
+    for events in folder.glob("tensorboard/*/events.*"):
+        events.write_bytes(b"\x00garbage")
+    assert read_run(folder).curves == {}
