@@ -53,10 +53,11 @@ def format_grid(lines: list[list[str]]) -> str:
     return "\n".join(text)
 
 
-def format_compression(rows: list[dict[str, Any]]) -> str:
+def format_compression(rows: list[dict[str, Any]], *, against: str | None = None) -> str:
     """The compact compression table of a run's stage rows (as in ``results.json``): each model's
     size and speed and how many times smaller and faster than the run's teacher it is; "" when no
-    row has a ``compression`` entry."""
+    row has a ``compression`` entry. ``against`` replaces "the teacher '<name>'" in the title (rows
+    of several runs, each measured against its own teacher)."""
     measured = [row for row in rows if isinstance(row.get("compression"), dict)]
     if not measured:
         return ""
@@ -92,8 +93,9 @@ def format_compression(rows: list[dict[str, Any]]) -> str:
                 "-" if delta is None else f"{delta:+.2f}",
             ]
         )
+    reference_text = against if against is not None else f"the teacher '{first.get('reference', '?')}'"
     title = (
-        f"Compression vs the teacher '{first.get('reference', '?')}' (fp32, eager PyTorch on "
+        f"Compression vs {reference_text} (fp32, eager PyTorch on "
         f"{first.get('device', '?')}, {first.get('threads', '?')} threads; latency: median of batch 1, "
         f"throughput: batch {first['throughput']['batch']}):"
     )

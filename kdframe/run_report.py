@@ -110,9 +110,11 @@ def tensorboard_history(events_folder: Path) -> list[dict[str, float]]:
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def _tables(rows: list[dict[str, Any]], sources: list[Path], first_column: str = "stage") -> tuple[str, str]:
+def _tables(
+    rows: list[dict[str, Any]], sources: list[Path], first_column: str = "stage", against: str | None = None
+) -> tuple[str, str]:
     try:
-        return format_table(rows, first_column=first_column), format_compression(rows)
+        return format_table(rows, first_column=first_column), format_compression(rows, against=against)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         where = " or ".join(f"'{source / RESULTS_FILE}'" for source in sources)
         raise SweepError(f"{where} has a malformed stage row ({error}).") from None
@@ -209,7 +211,7 @@ def compare_text(folders: list[str | Path], plot: str | Path | None = None) -> s
         raise SweepError(f"No stage has finished yet in: {', '.join(empty)}. Compare runs once a stage of each has finished.")
     labels = run_labels(paths)
     rows = [_labelled(label, run.final_row()) for label, run in zip(labels, runs)]
-    table, compression = _tables(rows, paths, first_column="run: stage")
+    table, compression = _tables(rows, paths, first_column="run: stage", against="each run's own teacher")
     unfinished = [label for label, run in zip(labels, runs) if not run.finished]
     text = f"{len(runs)} runs, each by its final student (the last stage that saved a model):\n\n{table}"
     if compression:

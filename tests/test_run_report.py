@@ -136,6 +136,7 @@ def test_compared_compression_rows_are_named_by_run_without_a_borrowed_teacher(t
     compression = text[text.index("Compression vs"):]
     assert "a: student" in compression and "b: student" in compression
     assert "(checkpoint)" not in compression  # each run's ratios are to its own teacher
+    assert compression.startswith("Compression vs each run's own teacher (fp32")
 
 
 def test_a_run_without_history_csv_gets_its_curves_from_tensorboard(tmp_path: Path) -> None:
